@@ -1,0 +1,205 @@
+"""High-level causal models: finite-domain inputs plus deterministic mechanisms.
+
+A :class:`CausalModel` is the hypothesis whose variables we try to localise in a
+neural network. Its interventions (``run(..., intervene=...)``) and interchange
+interventions (``interchange``) give the counterfactual labels that a network
+aligned with the model must reproduce.
+"""
+
+from __future__ import annotations
+
+import inspect
+import random
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+Setting = dict[str, Any]
+
+
+class CausalModelError(ValueError):
+    """A causal model was defined or used incorrectly."""
+
+
+class CausalModel:
+    """A deterministic causal model over named variables.
+
+    Args:
+        inputs: input name -> finite domain of values (any iterable; materialised to a tuple).
+        mechanisms: variable name -> callable whose parameter names are its parent variables.
+        output: the output variable; by default the unique sink, i.e. the only mechanism
+            that no other mechanism depends on.
+        sampler: optional ``(rng: random.Random) -> dict`` of input values used by
+            :meth:`sample` and :meth:`draw` instead of independent uniform draws.
+    """
+
+    def __init__(
+        self,
+        inputs: Mapping[str, Iterable[Any]],
+        mechanisms: Mapping[str, Callable[..., Any]],
+        output: str | None = None,
+        sampler: Callable[[random.Random], Mapping[str, Any]] | None = None,
+    ) -> None:
+        self.inputs: dict[str, tuple] = {name: tuple(domain) for name, domain in inputs.items()}
+        for name, domain in self.inputs.items():
+            if not domain:
+                raise CausalModelError(f"input {name!r} has an empty domain")
+        both = [name for name in mechanisms if name in self.inputs]
+        if both:
+            raise CausalModelError(f"{_names(both)} declared both as input and as mechanism")
+        self.mechanisms: dict[str, Callable[..., Any]] = dict(mechanisms)
+        self.parents: dict[str, tuple[str, ...]] = {name: () for name in self.inputs}
+        for name, mechanism in self.mechanisms.items():
+            self.parents[name] = _parameters(name, mechanism)
+        known = list(self.parents)
+        for name in self.mechanisms:
+            for parent in self.parents[name]:
+                if parent not in self.parents:
+                    raise CausalModelError(
+                        f"mechanism {name!r} has parameter {parent!r}, which is not a variable; "
+                        f"variables are: {', '.join(known)}"
+                    )
+        self.variables: tuple[str, ...] = tuple(self.inputs) + self._mechanism_order()
+        self.output: str = self._find_output(output)
+        self.sampler = sampler
+
+    def _mechanism_order(self) -> tuple[str, ...]:
+        """Mechanisms in topological order (declaration order where free); raise on a cycle."""
+        order: list[str] = []
+        state: dict[str, str] = {}  # "active" while on the DFS path, "done" once ordered
+
+        def visit(name: str, path: list[str]) -> None:
+            if state.get(name) == "done":
+                return
+            if state.get(name) == "active":
+                cycle = path[path.index(name):] + [name]  # each depends on the next
+                raise CausalModelError(f"cycle among mechanisms: {' -> '.join(reversed(cycle))}")
+            state[name] = "active"
+            path.append(name)
+            for parent in self.parents[name]:
+                if parent in self.mechanisms:
+                    visit(parent, path)
+            path.pop()
+            state[name] = "done"
+            order.append(name)
+
+        for name in self.mechanisms:
+            visit(name, [])
+        return tuple(order)
+
+    def _find_output(self, output: str | None) -> str:
+        if output is not None:
+            if output not in self.parents:
+                raise CausalModelError(
+                    f"output {output!r} is not a variable; variables are: {', '.join(self.variables)}"
+                )
+            return output
+        used = {parent for parents in self.parents.values() for parent in parents}
+        candidates = [name for name in self.variables if name in self.mechanisms] or list(self.variables)
+        sinks = [name for name in candidates if name not in used]
+        if len(sinks) != 1:
+            raise CausalModelError(
+                f"cannot tell the output: the sinks are {', '.join(sinks)}; pass output=<name>"
+            )
+        return sinks[0]
+
+    def run(self, setting: Mapping[str, Any], intervene: Mapping[str, Any] | None = None) -> Setting:
+        """Evaluate every variable on the input ``setting`` under ``do(intervene)``.
+
+        Keys of ``setting`` that are not inputs are ignored, so a full setting returned by
+        an earlier run can be passed back. Intervened variables (inputs included) take the
+        given value; an intervened input need not be present in ``setting``.
+
+        Returns:
+            Dict variable -> value, in topological order.
+        """
+        intervene = dict(intervene or {})
+        self._check_known(intervene, "intervention on")
+        values: Setting = {}
+        for name in self.variables:
+            if name in intervene:
+                values[name] = intervene[name]
+            elif name in self.inputs:
+                if name not in setting:
+                    raise CausalModelError(f"input {name!r} is missing")
+                values[name] = self._checked(name, setting[name])
+            else:
+                args = {parent: values[parent] for parent in self.parents[name]}
+                try:
+                    values[name] = self.mechanisms[name](*args.values())
+                except Exception as e:
+                    call = ", ".join(f"{k}={v!r}" for k, v in args.items())
+                    raise CausalModelError(
+                        f"mechanism {name!r} raised {e!r} on {name}({call})"
+                    ) from e
+        return values
+
+    def interchange(self, base: Mapping[str, Any], sources: Mapping[str, Mapping[str, Any]]) -> Setting:
+        """Interchange intervention: each variable in ``sources`` takes the value it has when
+        the model runs on its source; everything else is computed from ``base``.
+
+        Returns:
+            The full setting of the intervened run on ``base``.
+        """
+        self._check_known(sources, "interchange of")
+        return self.run(base, intervene={var: self.run(src)[var] for var, src in sources.items()})
+
+    def draw(self, rng: random.Random) -> Setting:
+        """One input setting drawn with ``rng``: from the sampler if given, else uniformly per input."""
+        if self.sampler is None:
+            return {name: rng.choice(domain) for name, domain in self.inputs.items()}
+        drawn = dict(self.sampler(rng))
+        extra = [name for name in drawn if name not in self.inputs]
+        if extra:
+            raise CausalModelError(
+                f"sampler returned {_names(extra)}, which are not inputs; "
+                f"inputs are: {', '.join(self.inputs)}"
+            )
+        for name in self.inputs:
+            if name not in drawn:
+                raise CausalModelError(f"sampler left input {name!r} missing")
+            self._checked(name, drawn[name])
+        return {name: drawn[name] for name in self.inputs}
+
+    def sample(self, n: int, seed: int = 0) -> list[Setting]:
+        """``n`` input settings drawn with ``random.Random(seed)``; the same seed gives the same list."""
+        if n < 0:
+            raise CausalModelError(f"cannot sample {n} settings; n must be >= 0")
+        rng = random.Random(seed)
+        return [self.draw(rng) for _ in range(n)]
+
+    def _checked(self, name: str, value: Any) -> Any:
+        if value not in self.inputs[name]:
+            raise CausalModelError(
+                f"input {name!r} = {value!r} is outside its domain {self.inputs[name]}"
+            )
+        return value
+
+    def _check_known(self, names: Iterable[str], action: str) -> None:
+        for name in names:
+            if name not in self.parents:
+                raise CausalModelError(
+                    f"{action} unknown variable {name!r}; variables are: {', '.join(self.variables)}"
+                )
+
+    def __repr__(self) -> str:
+        graph = ", ".join(f"{v}({', '.join(self.parents[v])})" for v in self.variables if v in self.mechanisms)
+        return f"CausalModel(inputs: {', '.join(self.inputs)}; mechanisms: {graph}; output: {self.output})"
+
+
+def _parameters(name: str, mechanism: Callable[..., Any]) -> tuple[str, ...]:
+    """Parent names of a mechanism, from its signature."""
+    try:
+        params = inspect.signature(mechanism).parameters.values()
+    except (TypeError, ValueError) as e:
+        raise CausalModelError(f"mechanism {name!r} is not a callable with an inspectable signature") from e
+    special = [p.name for p in params if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if special:
+        raise CausalModelError(
+            f"mechanism {name!r} has *args, **kwargs or keyword-only parameters ({', '.join(special)}); "
+            "name each parent as an ordinary parameter"
+        )
+    return tuple(p.name for p in params)
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(repr(name) for name in names)

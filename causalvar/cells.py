@@ -1,0 +1,109 @@
+"""A counterfactual dataset made ready for a sweep: encoded once, filtered, split, captured.
+
+Everything here is done once per (variable, dataset) and shared by every cell (featurizer × layer ×
+position) and every training epoch.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from featurizers import Featurizer
+
+from .counterfactuals import CounterfactualDataset
+from .engine import Engine, Prepared
+from .metrics import iia
+from .sites import Site
+
+
+@dataclass
+class Split:
+    """One split (train, validation or test) at the requested sites.
+
+    prepared: the base rows ready for interventions.
+    sources: each site's source activation ``[n, d]``. bases: each site's base activation ``[n, d]``.
+    labels: high-level counterfactual outputs (n). targets: their class / token ids ``[n]``.
+    base_values, source_values: the variable's value under base and source (for supervised fits).
+    """
+
+    prepared: Prepared
+    sources: dict[Site, torch.Tensor]
+    bases: dict[Site, torch.Tensor]
+    labels: list
+    targets: torch.Tensor
+    base_values: list
+    source_values: list
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def build_splits(engine: Engine, data: CounterfactualDataset, sites: Sequence[Site],
+                 n_parts: Sequence[int | None], seed: int = 0, filter_correct: bool = True,
+                 ) -> tuple[list[Split], CounterfactualDataset]:
+    """Encode, capture, filter and split ``data``.
+
+    Args:
+        n_parts: sizes of consecutive splits after filtering (e.g. ``[n_train, n_test]``): ints, floats
+            (fractions of the kept rows), or ``None`` as the last size for the rest. Rows are shuffled
+            with ``seed`` first.
+        filter_correct: keep only rows the network answers correctly on the base and the source (MIB).
+    Returns: the splits and the filtered dataset (its ``report`` says what was dropped and why).
+    """
+    task = engine.task
+    cm = task.causal_model
+    task.targets(data.labels)  # every counterfactual answer must map to a class/token before any forward
+    bases, sources = task.encode(data.bases), task.encode(data.sources)
+    for s in sites:  # unknown positions fail here, before any forward
+        engine.positions(bases, s), engine.positions(sources, s)
+    base_logits, base_acts = engine.capture(bases, sites)
+    src_logits, src_acts = engine.capture(sources, sites)
+    if filter_correct:
+        keep = task.correct(base_logits, data.base_labels) & task.correct(src_logits, data.source_labels)
+        data = data.filter(keep.tolist(), "network answers base and source correctly")
+        if len(data) == 0:
+            raise ValueError(f"no pair is left for variable '{data.variable}': the network answers no "
+                             "pair correctly on both base and source; check the task's prompts and answers")
+    else:
+        keep = torch.ones(len(base_logits), dtype=torch.bool)
+    kept = keep.nonzero().flatten()
+    order = kept[torch.randperm(len(kept), generator=torch.Generator().manual_seed(seed))]
+    sizes = [int(round(p * len(order))) if isinstance(p, float) else p for p in n_parts]
+    if sizes and sizes[-1] is None:
+        sizes[-1] = len(order) - sum(sizes[:-1])
+    if sum(sizes) > len(order) or min(sizes) < 0:
+        raise ValueError(f"asked for splits of {list(n_parts)} pairs but only {len(order)} pairs of "
+                         f"variable '{data.variable}' are left after filtering; see the report:\n"
+                         + "\n".join(data.report))
+    kept_pos = {int(i): j for j, i in enumerate(kept)}
+    splits, start = [], 0
+    for size in sizes:
+        idx = order[start:start + size]
+        start += size
+        rows = [kept_pos[int(i)] for i in idx]  # positions in the filtered dataset
+        labels = [data.labels[r] for r in rows]
+        splits.append(Split(
+            prepared=engine.prepare(bases.select(idx), sites),
+            sources={s: a[idx] for s, a in src_acts.items()},
+            bases={s: a[idx] for s, a in base_acts.items()},
+            labels=labels,
+            targets=task.targets(labels),
+            base_values=[cm.run(data.bases[r])[data.variable] for r in rows],
+            source_values=[cm.run(data.sources[r])[data.variable] for r in rows],
+        ))
+    return splits, data
+
+
+def fit_activations(featurizer: Featurizer, split: Split, site: Site) -> None:
+    """Fit an activation-learned featurizer on the split's base and source activations at ``site``."""
+    h = torch.cat([split.bases[site], split.sources[site]])
+    featurizer.fit_activations(h, split.base_values + split.source_values)
+
+
+def evaluate(engine: Engine, split: Split, site: Site, featurizer: Featurizer) -> tuple[float, torch.Tensor]:
+    """IIA of ``featurizer`` at ``site`` on ``split``, and the per-row correctness ``bool [n]``."""
+    logits = engine.run(split.prepared, site, featurizer, split.sources[site])
+    correct = engine.task.correct(logits, split.labels)
+    return iia(correct), correct

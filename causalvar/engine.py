@@ -1,0 +1,165 @@
+"""Featurized interchange interventions.
+
+Cost model (the network is frozen):
+- a source's activation at a site does not depend on any intervention: ``Engine.capture`` records
+  every requested site of every source in one forward per batch, reused across cells and epochs;
+- a base's activations below the intervened block don't either: ``Engine.prepare`` runs each base
+  batch once and keeps the hidden state entering each needed block, so every evaluation and training
+  step runs only the blocks after the site (suffix execution), and only the read position is
+  projected onto the vocabulary. Sites that are not on the residual stream between blocks fall back
+  to one hooked forward of the whole network.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from featurizers import Featurizer
+
+from .models.base import Adapter, Batch, rewrap, unwrap
+from .sites import Site
+
+
+def _gather(h: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
+    """``h: [n, seq, d]`` at ``pos: [n]`` -> ``[n, d]``; ``pos=None``: ``h: [n, d]`` as is."""
+    if pos is None:
+        return h
+    return h[torch.arange(len(pos), device=h.device), pos.to(h.device)]
+
+
+def _patch(h: torch.Tensor, pos: torch.Tensor | None, featurizer: Featurizer, source: torch.Tensor) -> torch.Tensor:
+    """The base hidden ``h`` ([n, seq, d] or [n, d]) with the featurized interchange of ``source: [n, d]``
+    written at ``pos: [n]`` (out of place, so gradients reach the featurizer)."""
+    base = _gather(h, pos)
+    new = featurizer.interchange(base, source.to(base.dtype))
+    if pos is None:
+        return new
+    return h.index_put((torch.arange(len(pos), device=h.device), pos.to(h.device)), new)
+
+
+@dataclass
+class Prepared:
+    """Base inputs made ready for interventions at some sites: fixed chunks of rows and, for suffix
+    execution, each chunk's prefix state (the hidden state entering each needed block)."""
+
+    batch: Batch
+    chunks: list[slice]
+    states: list[dict] = field(default_factory=list)
+    starts: dict[Site, int | None] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.batch)
+
+
+class Engine:
+    """Runs a network with featurized interchange interventions.
+
+    Args:
+        adapter: the network's adapter (``cv.as_adapter(model)``).
+        task: the task, used only to resolve token positions.
+        batch_size: rows per forward.
+    """
+
+    def __init__(self, adapter: Adapter, task, batch_size: int = 64):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.adapter = adapter
+        self.task = task
+        self.batch_size = batch_size
+
+    def _chunks(self, n: int) -> list[slice]:
+        return [slice(i, min(i + self.batch_size, n)) for i in range(0, n, self.batch_size)]
+
+    def positions(self, batch: Batch, site: Site) -> torch.Tensor | None:
+        """Token index ``[n]`` of the site's position in each row (``None``: no sequence axis)."""
+        return self.task.resolve(batch, site.position)
+
+    # ------------------------------------------------------------------ plain runs
+    @torch.no_grad()
+    def capture(self, batch: Batch, sites: Sequence[Site]) -> tuple[torch.Tensor, dict[Site, torch.Tensor]]:
+        """One forward per chunk: the network's logits ``[n, C]`` and every site's activation ``[n, d]``."""
+        by_path: dict[tuple[str, str], list[Site]] = {}
+        for s in sites:
+            by_path.setdefault((self.adapter.module_path(s), s.component), []).append(s)
+        pos = {s: self.positions(batch, s) for s in sites}
+        logits, acts = [], {s: [] for s in sites}
+        for chunk in self._chunks(len(batch)):
+            seen: dict[tuple[str, str], torch.Tensor] = {}
+            handles = []
+            for (path, comp) in by_path:
+                module = self.adapter.submodule(path)
+                if comp == "output":
+                    hook = (lambda key: lambda m, a, out: seen.__setitem__(key, unwrap(out)))((path, comp))
+                    handles.append(module.register_forward_hook(hook))
+                else:
+                    hook = (lambda key: lambda m, a, kw: seen.__setitem__(key, a[0] if a else kw["hidden_states"]))((path, comp))
+                    handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+            try:
+                logits.append(self.adapter.forward(batch.select(chunk).to(self.adapter.device)).float().cpu())
+            finally:
+                for h in handles:
+                    h.remove()
+            for key, group in by_path.items():
+                for s in group:
+                    p = None if pos[s] is None else pos[s][chunk]
+                    acts[s].append(_gather(seen[key], p).float().cpu())
+        return torch.cat(logits), {s: torch.cat(v) for s, v in acts.items()}
+
+    # ------------------------------------------------------------------ interventions
+    @torch.no_grad()
+    def prepare(self, batch: Batch, sites: Sequence[Site]) -> Prepared:
+        """Ready the base rows for interventions at ``sites`` (one forward per chunk where the
+        adapter supports suffix execution)."""
+        prepared = Prepared(batch, self._chunks(len(batch)))
+        for s in sites:
+            prepared.starts[s] = self.adapter.block_index(s) if self.adapter.supports_suffix else None
+        starts = sorted({j for j in prepared.starts.values() if j is not None})
+        if starts:
+            for chunk in prepared.chunks:
+                prepared.states.append(self.adapter.prefix_state(batch.select(chunk).to(self.adapter.device), starts))
+        return prepared
+
+    def run_chunk(self, prepared: Prepared, k: int, site: Site, featurizer: Featurizer,
+                  source: torch.Tensor) -> torch.Tensor:
+        """Logits ``[b, C]`` of chunk ``k`` of the bases with ``source: [b, d]`` interchanged at ``site``
+        through ``featurizer``. Differentiable in the featurizer's parameters."""
+        chunk = prepared.chunks[k]
+        rows = prepared.batch.select(chunk).to(self.adapter.device)
+        pos = self.positions(rows, site)
+        source = source.to(self.adapter.device)
+        start = prepared.starts.get(site)
+        if start is None and site not in prepared.starts:
+            raise ValueError(f"site {site} was not prepared; pass it to Engine.prepare")
+        if start is not None:
+            hidden = prepared.states[k]["hidden"][start]
+            return self.adapter.run_suffix(prepared.states[k], start, _patch(hidden, pos, featurizer, source), rows)
+        return self._hooked_forward(rows, site, pos, featurizer, source)
+
+    def _hooked_forward(self, rows: Batch, site: Site, pos, featurizer: Featurizer, source) -> torch.Tensor:
+        module = self.adapter.submodule(self.adapter.module_path(site))
+        if site.component == "output":
+            handle = module.register_forward_hook(
+                lambda m, a, out: rewrap(out, _patch(unwrap(out), pos, featurizer, source)))
+        else:
+            def pre(m, args, kwargs):
+                if args:
+                    return (_patch(args[0], pos, featurizer, source),) + tuple(args[1:]), kwargs
+                return args, {**kwargs, "hidden_states": _patch(kwargs["hidden_states"], pos, featurizer, source)}
+            handle = module.register_forward_pre_hook(pre, with_kwargs=True)
+        try:
+            return self.adapter.forward(rows)
+        finally:
+            handle.remove()
+
+    @torch.inference_mode()
+    def run(self, prepared: Prepared, site: Site, featurizer: Featurizer, source: torch.Tensor) -> torch.Tensor:
+        """Logits ``[n, C]`` of all base rows with ``source: [n, d]`` interchanged at ``site``."""
+        was_training = featurizer.training
+        featurizer.eval()
+        try:
+            return torch.cat([self.run_chunk(prepared, k, site, featurizer, source[c]).float().cpu()
+                              for k, c in enumerate(prepared.chunks)])
+        finally:
+            featurizer.train(was_training)

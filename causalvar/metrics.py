@@ -1,0 +1,40 @@
+"""Scores: interchange-intervention accuracy, confidence bounds, logit differences, MIB aggregation."""
+from __future__ import annotations
+
+import torch
+
+
+def iia(correct: torch.Tensor) -> float:
+    """Interchange-intervention accuracy: the share of rows where the network's output under the
+    intervention equals the high-level counterfactual output. ``correct: bool [n]``."""
+    if len(correct) == 0:
+        raise ValueError("IIA of zero examples is undefined; the dataset is empty after filtering")
+    return correct.float().mean().item()
+
+
+def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Exact two-sided binomial interval for ``k`` successes in ``n`` trials."""
+    from scipy.stats import beta
+
+    if n == 0:
+        return 0.0, 1.0
+    a = (1 - confidence) / 2
+    low = 0.0 if k == 0 else float(beta.ppf(a, k, n - k + 1))
+    high = 1.0 if k == n else float(beta.ppf(1 - a, k + 1, n - k))
+    return low, high
+
+
+def epsilon_bound(errors: int, n: int, confidence: float = 0.95) -> float:
+    """One-sided upper bound on a disagreement rate (Palumbo et al.'s ε): with zero errors it is
+    ``1 - (1 - confidence) ** (1 / n)``."""
+    from scipy.stats import beta
+
+    if errors >= n:
+        return 1.0
+    return float(beta.ppf(confidence, errors + 1, n - errors))
+
+
+def logit_diff(logits: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``logit[a] - logit[b]`` per row: ``logits: [n, C]``, ``a, b: [n]`` -> ``[n]``."""
+    rows = torch.arange(len(logits))
+    return logits[rows, a] - logits[rows, b]

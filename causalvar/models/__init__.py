@@ -1,0 +1,7 @@
+"""Model adapters: each hides one family's module names from the rest of causalvar."""
+from .base import Adapter, Batch, ModelError
+from .hf import HFModel
+from .load import as_adapter, embedded_path, load_model
+from .torch_module import TorchModel
+
+__all__ = ["Adapter", "Batch", "ModelError", "HFModel", "TorchModel", "as_adapter", "embedded_path", "load_model"]

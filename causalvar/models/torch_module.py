@@ -1,0 +1,60 @@
+"""Any torch module: sites are module paths; blocks are the network's declared block list."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .base import Adapter, Batch, ModelError
+
+
+class TorchModel(Adapter):
+    """Wrap a plain ``nn.Module`` that maps the task's encoded tensor(s) to logits ``[n, n_classes]``.
+
+    Args:
+        module: the network (frozen; put in eval mode here).
+        blocks: module paths of its blocks, indexed by int layers. Default: the children of an
+            ``nn.Sequential`` (then suffix execution is available), or of a ``blocks`` attribute.
+    """
+
+    def __init__(self, module: nn.Module, blocks: Sequence[str] | None = None):
+        self.module = module.eval()
+        for p in module.parameters():
+            p.requires_grad_(False)
+        self._sequential = isinstance(module, nn.Sequential) and blocks is None
+        if blocks is not None:
+            self.block_paths = list(blocks)
+        elif self._sequential:
+            self.block_paths = [name for name, _ in module.named_children()]
+        elif isinstance(getattr(module, "blocks", None), (nn.ModuleList, nn.Sequential)):
+            self.block_paths = [f"blocks.{name}" for name, _ in module.blocks.named_children()]
+        else:
+            self.block_paths = []
+        names = dict(module.named_modules())
+        missing = [b for b in self.block_paths if b not in names]
+        if missing:
+            raise ModelError(f"blocks {missing} are not modules of the network")
+        self.supports_suffix = self._sequential
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        inputs = batch.inputs
+        return self.module(*inputs.values()) if len(inputs) == 1 else self.module(**inputs)
+
+    def prefix_state(self, batch: Batch, starts: list[int]) -> dict:
+        """Run the sequential network once; keep the hidden state entering each block in ``starts``."""
+        h = next(iter(batch.inputs.values()))
+        state = {}
+        for j, block in enumerate(self.module):
+            if j in starts:
+                state[j] = h
+            h = block(h)
+        if len(self.module) in starts:
+            state[len(self.module)] = h
+        return {"hidden": state}
+
+    def run_suffix(self, state: dict, start: int, hidden: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Blocks ``start..`` on ``hidden: [n, d]`` -> logits ``[n, n_classes]``."""
+        for block in list(self.module)[start:]:
+            hidden = block(hidden)
+        return hidden

@@ -1,0 +1,119 @@
+"""Results of a localization sweep: a table, heatmaps, and files on disk."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from featurizers import Featurizer
+
+COLUMNS = ["variable", "featurizer", "layer", "position", "iia", "n", "ci_low", "ci_high"]
+
+
+def cell_key(row: dict) -> tuple:
+    return row["variable"], row["featurizer"], str(row["layer"]), str(row["position"])
+
+
+class Results:
+    """One row per cell (variable × featurizer × layer × position).
+
+    Attributes:
+        rows: list of dicts with at least ``COLUMNS`` (plus e.g. training history, mask sizes).
+        meta: what was run: model, task, seed, sizes, and each dataset's filtering report.
+        featurizers: the fitted featurizer of each cell, keyed by ``cell_key``.
+    """
+
+    def __init__(self, rows: list[dict] | None = None, meta: dict | None = None,
+                 featurizers: dict | None = None):
+        self.rows = list(rows or [])
+        self.meta = dict(meta or {})
+        self.featurizers: dict[tuple, Featurizer] = dict(featurizers or {})
+
+    @property
+    def table(self) -> pd.DataFrame:
+        """A DataFrame: variable, featurizer, layer, position, iia, n, ci_low, ci_high, ..."""
+        df = pd.DataFrame(self.rows)
+        if df.empty:
+            return pd.DataFrame(columns=COLUMNS)
+        extra = [c for c in df.columns if c not in COLUMNS]
+        return df[COLUMNS + extra]
+
+    def best(self) -> pd.DataFrame:
+        """The best cell of each (variable, featurizer)."""
+        t = self.table
+        return t.loc[t.groupby(["variable", "featurizer"], sort=False)["iia"].idxmax()].reset_index(drop=True)
+
+    def __repr__(self) -> str:
+        return f"Results({len(self.rows)} cells)\n" + self.table[COLUMNS].to_string(index=False)
+
+    def heatmap(self, path: str | Path | None = None, value: str = "iia", title: str | None = None):
+        """One figure: a grid of heatmaps (rows: featurizers, columns: variables), each layer × position.
+        Saved to ``path`` (PNG/PDF) when given; returns the matplotlib figure."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        t = self.table
+        feats = list(dict.fromkeys(t["featurizer"]))
+        variables = list(dict.fromkeys(t["variable"]))
+        layers = list(dict.fromkeys(t["layer"]))
+        positions = list(dict.fromkeys(t["position"].astype(str)))
+        fig, axes = plt.subplots(len(feats), len(variables), squeeze=False,
+                                 figsize=(1.2 + 1.1 * len(positions) * len(variables),
+                                          1.0 + 0.32 * len(layers) * len(feats)))
+        for i, f in enumerate(feats):
+            for j, v in enumerate(variables):
+                ax = axes[i][j]
+                sub = t[(t["featurizer"] == f) & (t["variable"] == v)]
+                grid = (sub.assign(position=sub["position"].astype(str))
+                        .pivot_table(index="layer", columns="position", values=value, aggfunc="mean", sort=False)
+                        .reindex(index=layers, columns=positions))
+                im = ax.imshow(grid.values, vmin=0, vmax=1 if value == "iia" else None, cmap="viridis",
+                               aspect="auto", origin="lower")
+                ax.set_xticks(range(len(positions)), positions, rotation=30, ha="right", fontsize=8)
+                ax.set_yticks(range(len(layers)), [str(x) for x in layers], fontsize=7)
+                for (r, c), val in pd.DataFrame(grid.values).stack().items():
+                    ax.text(c, r, f"{val:.2f}", ha="center", va="center", fontsize=6,
+                            color="white" if val < 0.6 else "black")
+                ax.set_title(f"{v} · {f}", fontsize=9)
+                ax.set_ylabel("layer" if j == 0 else "")
+        fig.colorbar(im, ax=axes, shrink=0.8, label=value)
+        if title:
+            fig.suptitle(title)
+        if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(path, dpi=130, bbox_inches="tight")
+            plt.close(fig)
+        return fig
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``results.json`` (rows + meta), ``results.csv`` and each fitted featurizer under
+        ``featurizers/<variable>/<featurizer>/L<layer>_<position>/`` (safetensors + JSON)."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "results.json").write_text(json.dumps({"meta": self.meta, "rows": self.rows}, indent=1, default=str))
+        self.table.to_csv(d / "results.csv", index=False)
+        for key, feat in self.featurizers.items():
+            if feat.d is not None and (feat.fitted or any(True for _ in feat.parameters())):
+                feat.save(d / featurizer_dir(*key))
+        return d
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "Results":
+        """Read what ``save`` wrote, featurizers included."""
+        d = Path(directory)
+        blob = json.loads((d / "results.json").read_text())
+        feats = {}
+        for row in blob["rows"]:
+            key = cell_key(row)
+            path = d / featurizer_dir(*key)
+            if (path / "featurizer.json").exists():
+                feats[key] = Featurizer.load(path)
+        return cls(blob["rows"], blob["meta"], feats)
+
+
+def featurizer_dir(variable, featurizer, layer, position) -> str:
+    safe = lambda s: "".join(c if c.isalnum() or c in "-_.=" else "_" for c in str(s))
+    return f"featurizers/{safe(variable)}/{safe(featurizer)}/L{safe(layer)}_{safe(position)}"

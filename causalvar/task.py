@@ -1,0 +1,199 @@
+"""Tasks: how a causal model's inputs and outputs meet a network.
+
+``Task`` is for networks that take a tensor (no sequence axis); ``PromptTask`` for causal language
+models, with named token roles resolved per example. Both turn a list of input settings into a
+``Batch`` once (no re-tokenisation per cell), map high-level output values to class / token ids
+(``targets``) and judge logits against values (``correct``).
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+
+from .causal_model import CausalModel
+from .models.base import Batch
+
+
+class TaskError(ValueError):
+    """Inputs or outputs that the task cannot map to the network, said in the task's terms."""
+
+
+class Task:
+    """A task for a tensor network.
+
+    Args:
+        causal_model: the high-level model.
+        encode: one input setting -> the network's input ``[d_in]`` (tensor or list of numbers).
+        decode: logits ``[n, n_classes]`` -> the n predicted high-level output values. Default:
+            the argmax class compared with ``target`` of the expected value.
+        target: high-level output value -> class index (training, logit metrics). Default ``int(v)``.
+    """
+
+    positions: Mapping = {}
+
+    def __init__(self, causal_model: CausalModel, encode: Callable, decode: Callable | None = None,
+                 target: Callable | None = None, name: str | None = None):
+        self.causal_model = causal_model
+        self._encode = encode
+        self._decode = decode
+        self._target = target or int
+        self.name = name or "task"
+
+    def encode(self, settings: Sequence[Mapping]) -> Batch:
+        """n input settings -> ``Batch(inputs={"x": [n, d_in]})``."""
+        rows = []
+        for i, s in enumerate(settings):
+            try:
+                rows.append(torch.as_tensor(self._encode(s), dtype=torch.float32))
+            except Exception as e:
+                raise TaskError(f"encode failed on example {i} {dict(s)}: {e!r}") from e
+        shapes = {tuple(r.shape) for r in rows}
+        if len(shapes) > 1:
+            raise TaskError(f"encode returned tensors of different shapes {sorted(shapes)}")
+        return Batch({"x": torch.stack(rows)})
+
+    def targets(self, values: Sequence) -> torch.Tensor:
+        """High-level output values -> class indices ``[n]`` (a clear error naming a bad value)."""
+        out = []
+        for v in values:
+            try:
+                out.append(int(self._target(v)))
+            except Exception as e:
+                raise TaskError(f"output value {v!r} has no class index: {e!r}") from e
+        return torch.tensor(out, dtype=torch.long)
+
+    def predict(self, logits: torch.Tensor) -> list:
+        """Logits ``[n, C]`` -> predicted high-level values (or class indices without ``decode``)."""
+        preds = self._decode(logits) if self._decode else logits.argmax(-1)
+        return preds.tolist() if isinstance(preds, torch.Tensor) else list(preds)
+
+    def correct(self, logits: torch.Tensor, values: Sequence) -> torch.Tensor:
+        """Bool ``[n]``: does each prediction match the expected high-level value?"""
+        if self._decode is None:
+            return logits.argmax(-1).cpu() == self.targets(values)
+        return torch.tensor([p == v for p, v in zip(self.predict(logits), values)], dtype=torch.bool)
+
+    def resolve(self, batch: Batch, position) -> torch.Tensor | None:
+        """The token index ``[n]`` a site's position names (``None`` without a sequence axis)."""
+        if position is None:
+            return None
+        raise TaskError(f"position {position!r} given, but this task's network has no sequence axis; "
+                        "use positions=None")
+
+
+def word(input_name: str, occurrence: int = 1) -> Callable[[Mapping, str], int]:
+    """A token role: the ``occurrence``-th whole-word occurrence of input ``input_name``'s value in the
+    prompt (its last token). E.g. ``positions={"io": word("io"), "s2": word("s", 2)}``."""
+
+    def find(setting: Mapping, prompt: str) -> int:
+        value = str(setting[input_name])
+        hits = [m.end() - 1 for m in re.finditer(rf"(?<!\w){re.escape(value)}(?!\w)", prompt)]
+        if len(hits) < occurrence:
+            raise TaskError(f"'{value}' (input '{input_name}') occurs {len(hits)} time(s) in prompt "
+                            f"{prompt!r}; occurrence {occurrence} was asked for")
+        return hits[occurrence - 1]
+
+    find.__name__ = f"word({input_name!r}, {occurrence})"
+    return find
+
+
+class PromptTask(Task):
+    """A task for a causal language model.
+
+    Args:
+        lm: the model adapter (``cv.load_model(...)`` / ``cv.HFModel``); its tokenizer and padding side are used.
+        causal_model: the high-level model.
+        prompt: input setting -> prompt text.
+        answer: high-level output value -> the answer text (e.g. ``lambda name: " " + name``); it must be
+            a single token.
+        positions: named token roles: an int (index among the real tokens, negative from the end),
+            ``"last"``, or a callable ``(setting, prompt) -> character index`` such as ``word("io")``.
+            ``"last"`` is always available.
+    """
+
+    def __init__(self, lm, causal_model: CausalModel, prompt: Callable[[Mapping], str],
+                 answer: Callable = str, positions: Mapping | None = None, name: str | None = None):
+        super().__init__(causal_model, encode=prompt, target=None, name=name or "prompt_task")
+        self.lm = lm
+        self.tokenizer = lm.tokenizer
+        self.prompt = prompt
+        self.answer = answer
+        self.positions = {"last": "last", **(positions or {})}
+        self._answer_ids: dict = {}
+
+    def encode(self, settings: Sequence[Mapping]) -> Batch:
+        """Tokenise once: ``input_ids, attention_mask, position_ids: [n, seq]`` (padded on the adapter's
+        side), every role's token index ``[n]``, and ``read`` = the last real token ``[n]``."""
+        prompts = [self.prompt(s) for s in settings]
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, return_offsets_mapping=True,
+                             padding_side=self.lm.padding_side)
+        mask = enc["attention_mask"]
+        n, T = mask.shape
+        lengths = mask.sum(1)
+        first = (T - lengths) if self.lm.padding_side == "left" else torch.zeros_like(lengths)
+        last = first + lengths - 1
+        positions = {"last": last, "first": first}
+        offsets = enc["offset_mapping"]
+        for role, spec in self.positions.items():
+            if role == "last" or spec == "last":
+                positions[role] = last
+            elif isinstance(spec, int):
+                idx = first + spec if spec >= 0 else last + 1 + spec
+                bad = ((idx < first) | (idx > last)).nonzero().flatten().tolist()
+                if bad:
+                    raise TaskError(f"position '{role}' = {spec} is outside example {bad[0]}'s "
+                                    f"{int(lengths[bad[0]])} tokens")
+                positions[role] = idx
+            else:
+                positions[role] = torch.tensor([
+                    self._char_to_token(spec(s, p), offsets[i], int(first[i]), int(last[i]), role, i, p)
+                    for i, (s, p) in enumerate(zip(settings, prompts))])
+        position_ids = (mask.cumsum(1) - 1).clamp(min=0)
+        inputs = {"input_ids": enc["input_ids"], "attention_mask": mask, "position_ids": position_ids}
+        return Batch(inputs, positions, last)
+
+    @staticmethod
+    def _char_to_token(char: int, offsets, first: int, last: int, role: str, i: int, prompt: str) -> int:
+        for t in range(first, last + 1):
+            start, end = offsets[t].tolist()
+            if start <= char < end:
+                return t
+        raise TaskError(f"position '{role}' of example {i} points at character {char} of {prompt!r}, "
+                        "which no token covers")
+
+    def answer_id(self, value) -> int:
+        """The single token id of ``answer(value)``; an error naming the answer otherwise."""
+        if value not in self._answer_ids:
+            text = self.answer(value)
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            if len(ids) != 1:
+                pieces = self.tokenizer.convert_ids_to_tokens(ids)
+                raise TaskError(f"answer {text!r} (output value {value!r}) is {len(ids)} tokens {pieces}; "
+                                "this task needs single-token answers")
+            self._answer_ids[value] = ids[0]
+        return self._answer_ids[value]
+
+    def targets(self, values: Sequence) -> torch.Tensor:
+        return torch.tensor([self.answer_id(v) for v in values], dtype=torch.long)
+
+    def predict(self, logits: torch.Tensor) -> list:
+        return self.tokenizer.convert_ids_to_tokens(logits.argmax(-1).tolist())
+
+    def correct(self, logits: torch.Tensor, values: Sequence) -> torch.Tensor:
+        return logits.argmax(-1).cpu() == self.targets(values)
+
+    def resolve(self, batch: Batch, position) -> torch.Tensor:
+        if isinstance(position, int):
+            first, last = batch.positions["first"], batch.positions["last"]
+            idx = first + position if position >= 0 else last + 1 + position
+            bad = ((idx < first) | (idx > last)).nonzero().flatten().tolist()
+            if bad:
+                raise TaskError(f"position {position} is outside example {bad[0]}, which has "
+                                f"{int(last[bad[0]] - first[bad[0]] + 1)} tokens")
+            return idx
+        if position not in batch.positions or position == "first":
+            raise TaskError(f"unknown position {position!r}; this task's positions are "
+                            f"{sorted(self.positions)} or an int")
+        return batch.positions[position]

@@ -1,0 +1,232 @@
+"""The one interface every featurizer shares.
+
+A featurizer maps a hidden vector to features and back, with an error term so that the round trip
+is exact (up to float rounding):
+
+    f, err = F.encode(h)        # h: [..., d]  ->  f: [..., k], err: [..., d]
+    h      = F.decode(f, err)   # back to [..., d]
+
+The featurized interchange intervention (MIB) replaces the intervened features of the base with the
+source's and adds the base's error back:
+
+    f_b, e_b = F.encode(h_b); f_s, _ = F.encode(h_s)
+    f = where(mask, f_s, f_b)          (a soft mask mixes them during training)
+    h = F.decode(f, e_b)
+
+Hyperparameters go in ``__init__`` (scikit-learn style, every one stored under its own name so that
+``config()`` rebuilds the object). Featurizers learned from activations implement
+``fit_activations``; those learned from interventions (DAS, DBM) own trainable torch parameters and
+are fitted by ``fit(model, task, variable, site, data)``. Every featurizer saves to safetensors
+plus a JSON config, never pickle.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+_REGISTRY: dict[str, type["Featurizer"]] = {}
+
+
+class FeaturizerError(ValueError):
+    """A featurizer was used or loaded in a way that cannot work (wrong size, not fitted, bad file)."""
+
+
+class Featurizer(nn.Module):
+    """Base class. Subclasses implement ``_build``, ``encode``, ``decode`` and, where they select
+    features, ``mask``; fitted ones implement ``fit_activations``; trainable ones set
+    ``learns_from_interventions = True`` and may override ``soft_mask``/``regularizer``/``set_progress``.
+    """
+
+    #: needs ``fit_activations(h)`` on the site's activations before use (PCA, SAE, supervised)
+    learns_from_activations: bool = False
+    #: has parameters trained with the interchange objective (DAS, DBM)
+    learns_from_interventions: bool = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _REGISTRY[cls.__name__] = cls
+
+    def __init__(self):
+        super().__init__()
+        self.d: int | None = None  # the hidden size, set by build()
+        self.fitted = False
+
+    # ----------------------------------------------------------------- configuration
+    def config(self) -> dict:
+        """The ``__init__`` arguments, JSON-serialisable; ``type(f)(**f.config())`` is an unfitted twin."""
+        out = {}
+        for name in inspect.signature(type(self).__init__).parameters:
+            if name == "self":
+                continue
+            value = getattr(self, name)
+            out[name] = _to_config(value)
+        return out
+
+    def clone(self) -> "Featurizer":
+        """A fresh, unfitted featurizer with the same hyperparameters (one per localization cell)."""
+        return _from_config(type(self).__name__, self.config())
+
+    @property
+    def name(self) -> str:
+        """A short label for tables and plots."""
+        return type(self).__name__.lower()
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+
+    # ----------------------------------------------------------------- building
+    def build(self, d: int) -> "Featurizer":
+        """Allocate parameters for hidden size ``d`` (idempotent for the same d)."""
+        if self.d is not None and self.d != d:
+            raise FeaturizerError(
+                f"{self.name} was built for hidden size {self.d} but the site has size {d}; "
+                "use featurizer.clone() for another site")
+        if self.d is None:
+            self.d = int(d)
+            self._build(int(d))
+        return self
+
+    def _build(self, d: int) -> None:
+        """Create d-dependent parameters/buffers. Default: nothing."""
+
+    def fit_activations(self, h: torch.Tensor, values=None) -> "Featurizer":
+        """Fit on site activations ``h: [n, d]`` (``values``: the variable's value per row, for
+        supervised featurizers). Featurizers that learn nothing from activations only build."""
+        self.build(h.shape[-1])
+        return self
+
+    def fit(self, model, task, variable: str, site, data, **train_kwargs) -> "Featurizer":
+        """Fit stand-alone at one site: from activations where the featurizer needs them, then by the
+        interchange objective where it has trainable parameters. See ``causalvar.train.fit``."""
+        from causalvar.train import fit  # the training loop lives with the engine, not here
+
+        return fit(self, model, task, variable, site, data, **train_kwargs)
+
+    def check_ready(self, d: int) -> None:
+        """Raise a clear error if this featurizer cannot act on hidden size ``d`` yet."""
+        if self.learns_from_activations and not self.fitted:
+            raise FeaturizerError(f"{self.name} must be fitted on activations (fit_activations) before use")
+        if self.d is not None and self.d != d:
+            raise FeaturizerError(f"{self.name} was built for hidden size {self.d}, the site has {d}")
+
+    # ----------------------------------------------------------------- the maps
+    def encode(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``h: [..., d] -> (features [..., k], error [..., d])``."""
+        raise NotImplementedError
+
+    def decode(self, f: torch.Tensor, err: torch.Tensor) -> torch.Tensor:
+        """``(features [..., k], error [..., d]) -> h [..., d]``."""
+        raise NotImplementedError
+
+    def mask(self) -> torch.Tensor | None:
+        """Bool ``[k]``: the features an interchange takes from the source; ``None`` means all."""
+        return None
+
+    def soft_mask(self) -> torch.Tensor | None:
+        """Float ``[k]`` in [0, 1] used while training (DBM, Boundless DAS); ``None``: use ``mask()``."""
+        return None
+
+    def interchange(self, h_base: torch.Tensor, h_source: torch.Tensor) -> torch.Tensor:
+        """The featurized interchange: ``h_base, h_source: [..., d] -> [..., d]``."""
+        f_b, e_b = self.encode(h_base)
+        f_s, _ = self.encode(h_source)
+        soft = self.soft_mask() if self.training else None
+        if soft is not None:
+            f = f_b + soft * (f_s - f_b)
+        else:
+            m = self.mask()
+            f = f_s if m is None else torch.where(m, f_s, f_b)
+        return self.decode(f, e_b)
+
+    # ----------------------------------------------------------------- training hooks
+    def regularizer(self) -> torch.Tensor | float:
+        """An extra loss term added during training (e.g. DBM's L1 on the mask)."""
+        return 0.0
+
+    def set_progress(self, fraction: float) -> None:
+        """Told the fraction of training done (0 → 1), for annealed temperatures."""
+
+    def summary(self) -> dict:
+        """What was learned, for results tables (e.g. how many features a mask keeps)."""
+        return {}
+
+    # ----------------------------------------------------------------- persistence
+    def save(self, path: str | Path) -> Path:
+        """Write ``path/featurizer.json`` and ``path/featurizer.safetensors``."""
+        from safetensors.torch import save_file
+
+        if self.d is None:
+            raise FeaturizerError(f"{self.name} has not been built or fitted; nothing to save")
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        meta = {"class": type(self).__name__, "config": self.config(), "d": self.d,
+                "fitted": self.fitted, "extra": self._extra_state()}
+        (path / "featurizer.json").write_text(json.dumps(meta, indent=1))
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        save_file(tensors, str(path / "featurizer.safetensors"))
+        return path
+
+    @staticmethod
+    def load(path: str | Path, d: int | None = None) -> "Featurizer":
+        """Load what ``save`` wrote. ``d``: the hidden size of the site it will act on; a mismatch
+        is refused with a clear message, as is a file whose tensors don't match its config."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        meta_file = path / "featurizer.json"
+        if not meta_file.exists():
+            raise FeaturizerError(f"{path} holds no featurizer.json; was it written by Featurizer.save?")
+        meta = json.loads(meta_file.read_text())
+        if d is not None and meta["d"] != d:
+            raise FeaturizerError(
+                f"the featurizer in {path} was fitted on hidden size {meta['d']}, but the site has size {d}")
+        feat = _from_config(meta["class"], meta["config"])
+        feat._load_extra_state(meta.get("extra") or {})
+        feat.build(meta["d"])
+        tensors = load_file(str(path / "featurizer.safetensors"))
+        expected = feat.state_dict()
+        for key, value in expected.items():
+            if key not in tensors:
+                raise FeaturizerError(f"{path}: tensor '{key}' is missing from the saved file")
+            if tuple(tensors[key].shape) != tuple(value.shape):
+                raise FeaturizerError(
+                    f"{path}: tensor '{key}' has shape {tuple(tensors[key].shape)}, "
+                    f"but {meta['class']}({meta['config']}) at size {meta['d']} expects {tuple(value.shape)}")
+        unexpected = sorted(set(tensors) - set(expected))
+        if unexpected:
+            raise FeaturizerError(f"{path}: unexpected tensors {unexpected} for {meta['class']}")
+        feat.load_state_dict(tensors)
+        feat.fitted = meta["fitted"]
+        return feat
+
+    def _extra_state(self) -> dict:
+        """JSON state beyond config and tensors (e.g. shapes a subclass must know before build)."""
+        return {}
+
+    def _load_extra_state(self, extra: dict) -> None:
+        """Inverse of ``_extra_state``, called before ``build``."""
+
+
+def _to_config(value):
+    if isinstance(value, Featurizer):
+        return {"__featurizer__": type(value).__name__, "config": value.config()}
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, (tuple, range)):
+        return list(value)
+    return value
+
+
+def _from_config(cls_name: str, config: dict) -> Featurizer:
+    if cls_name not in _REGISTRY:
+        raise FeaturizerError(f"unknown featurizer class '{cls_name}'; known: {sorted(_REGISTRY)}")
+    kwargs = {}
+    for k, v in config.items():
+        if isinstance(v, dict) and "__featurizer__" in v:
+            v = _from_config(v["__featurizer__"], v["config"])
+        kwargs[k] = v
+    return _REGISTRY[cls_name](**kwargs)
