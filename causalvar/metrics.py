@@ -9,7 +9,7 @@ def iia(correct: torch.Tensor) -> float:
     intervention equals the high-level counterfactual output. ``correct: bool [n]``."""
     if len(correct) == 0:
         raise ValueError("IIA of zero examples is undefined; the dataset is empty after filtering")
-    return correct.float().mean().item()
+    return int(correct.sum()) / len(correct)
 
 
 def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:

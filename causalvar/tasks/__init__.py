@@ -1,4 +1,4 @@
 """Built-in tasks."""
-from .hierarchical_equality import equality_mlp, hierarchical_equality
+from .equality import equality_mlp, hierarchical_equality
 
 __all__ = ["hierarchical_equality", "equality_mlp"]
