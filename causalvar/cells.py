@@ -6,7 +6,7 @@ position) and every training epoch.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -77,6 +77,9 @@ def build_splits(engine: Engine, data: CounterfactualDataset, sites: Sequence[Si
         raise ValueError(f"asked for splits of {list(n_parts)} pairs but only {len(order)} pairs of "
                          f"variable '{data.variable}' are left after filtering; see the report:\n"
                          + "\n".join(data.report))
+    if sum(sizes) < len(order):
+        data = replace(data, report=data.report + [
+            f"used {sum(sizes)} of the {len(order)} kept pairs as splits {sizes}; the rest is spare"])
     kept_pos = {int(i): j for j, i in enumerate(kept)}
     splits, start = [], 0
     for size in sizes:

@@ -80,8 +80,10 @@ def localize(model, task, variable: str | Sequence[str], featurizer: Featurizer 
     bar = tqdm(total=total, desc="localize", disable=not progress)
     for v in variables:
         ds = data.get(v) if isinstance(data, dict) else data
-        if ds is None:
-            ds = CounterfactualDataset.generate(cm, v, n_train + n_test, seed=seed, changes_output=changes_output)
+        if ds is None:  # headroom for the pairs the filter drops; the spare ones stay unused
+            n = n_train + n_test
+            ds = CounterfactualDataset.generate(cm, v, n + (n // 4 + 8 if filter_correct else 0), seed=seed,
+                                                changes_output=changes_output)
         elif ds.variable != v:
             raise ValueError(f"the dataset given for variable '{v}' interchanges '{ds.variable}'")
         n_val = int(round(n_train * val_fraction)) if any(f.learns_from_interventions for f in feats) else 0
