@@ -84,14 +84,14 @@ class Task:
 
 
 def word(input_name: str, occurrence: int = 1) -> Callable[[Mapping, str], int]:
-    """A token role: the ``occurrence``-th whole-word occurrence of input ``input_name``'s value in the
-    prompt (its last token). E.g. ``positions={"io": word("io"), "s2": word("s", 2)}``."""
+    """A token role: the ``occurrence``-th whole-word occurrence of variable ``input_name``'s value in
+    the prompt (its last token). E.g. ``positions={"io": word("io"), "s2": word("s", 2)}``."""
 
     def find(setting: Mapping, prompt: str) -> int:
         value = str(setting[input_name])
         hits = [m.end() - 1 for m in re.finditer(rf"(?<!\w){re.escape(value)}(?!\w)", prompt)]
         if len(hits) < occurrence:
-            raise TaskError(f"'{value}' (input '{input_name}') occurs {len(hits)} time(s) in prompt "
+            raise TaskError(f"'{value}' (variable '{input_name}') occurs {len(hits)} time(s) in prompt "
                             f"{prompt!r}; occurrence {occurrence} was asked for")
         return hits[occurrence - 1]
 
@@ -109,7 +109,8 @@ class PromptTask(Task):
         answer: high-level output value -> the answer text (e.g. ``lambda name: " " + name``); it must be
             a single token.
         positions: named token roles: an int (index among the real tokens, negative from the end),
-            ``"last"``, or a callable ``(setting, prompt) -> character index`` such as ``word("io")``.
+            ``"last"``, or a callable ``(values, prompt) -> character index`` such as ``word("io")``
+            (``values``: every variable's value on that example, so roles may name computed variables).
             ``"last"`` is always available.
     """
 
@@ -135,7 +136,7 @@ class PromptTask(Task):
         first = (T - lengths) if self.lm.padding_side == "left" else torch.zeros_like(lengths)
         last = first + lengths - 1
         positions = {"last": last, "first": first}
-        offsets = enc["offset_mapping"]
+        offsets, full = enc["offset_mapping"], None
         for role, spec in self.positions.items():
             if role == "last" or spec == "last":
                 positions[role] = last
@@ -146,10 +147,11 @@ class PromptTask(Task):
                     raise TaskError(f"position '{role}' = {spec} is outside example {bad[0]}'s "
                                     f"{int(lengths[bad[0]])} tokens")
                 positions[role] = idx
-            else:
+            else:  # a callable sees every variable's value, not only the inputs
+                full = full or [self.causal_model.run(s) for s in settings]
                 positions[role] = torch.tensor([
                     self._char_to_token(spec(s, p), offsets[i], int(first[i]), int(last[i]), role, i, p)
-                    for i, (s, p) in enumerate(zip(settings, prompts))])
+                    for i, (s, p) in enumerate(zip(full, prompts))])
         position_ids = (mask.cumsum(1) - 1).clamp(min=0)
         inputs = {"input_ids": enc["input_ids"], "attention_mask": mask, "position_ids": position_ids}
         return Batch(inputs, positions, last)

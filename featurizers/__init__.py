@@ -1,5 +1,11 @@
 """Featurizers: bases in which a hidden vector is split into features for interchange interventions."""
 from .base import Featurizer, FeaturizerError
+from .das import DAS, BoundlessDAS
+from .dbm import DBM
 from .neurons import Neurons
+from .pca import PCA
+from .sae import SAE
+from .supervised import SupervisedDictionary
 
-__all__ = ["Featurizer", "FeaturizerError", "Neurons"]
+__all__ = ["Featurizer", "FeaturizerError", "Neurons", "DAS", "BoundlessDAS", "DBM", "PCA", "SAE",
+           "SupervisedDictionary"]

@@ -46,7 +46,7 @@ def test_answer_must_be_a_single_token(gpt2):
 def test_missing_role_is_an_error_naming_the_example(gpt2):
     task = cv.PromptTask(gpt2, prompt_task(gpt2).causal_model, prompt=name_prompt,
                          positions={"s3": cv.word("b", 3)})
-    with pytest.raises(cv.TaskError, match=r"'Mary' \(input 'b'\) occurs 2 time\(s\) in prompt .*occurrence 3"):
+    with pytest.raises(cv.TaskError, match=r"'Mary' \(variable 'b'\) occurs 2 time\(s\) in prompt .*occurrence 3"):
         task.encode([{"a": "John", "b": "Mary", "order": "ABB"}])
 
 

@@ -1,4 +1,5 @@
 """Built-in tasks."""
 from .equality import equality_mlp, hierarchical_equality
+from .ioi import ioi
 
-__all__ = ["hierarchical_equality", "equality_mlp"]
+__all__ = ["hierarchical_equality", "equality_mlp", "ioi"]

@@ -1,0 +1,105 @@
+"""Distributed alignment search: a learned orthonormal subspace (DAS) or a learned-size one (Boundless DAS)."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.nn.utils.parametrizations import orthogonal
+
+from .base import Featurizer, FeaturizerError
+
+
+class DAS(Featurizer):
+    """Features ``f = h R`` for an orthonormal ``R: [d, k]`` (``RᵀR = I``, kept so by construction through
+    ``torch.nn.utils.parametrizations.orthogonal``); ``err = h − f Rᵀ``. Every feature is intervened,
+    so the interchange is ``h_b + R Rᵀ (h_s − h_b)``. Initialised from torch's global RNG.
+
+    Args:
+        dim: the subspace size k; ``None`` = the hidden size (a full rotation).
+    """
+
+    learns_from_interventions = True
+
+    def __init__(self, dim: int | None = None):
+        super().__init__()
+        self.dim = None if dim is None else int(dim)
+
+    @property
+    def name(self) -> str:
+        return f"das(k={self.dim or self.d or 'd'})"
+
+    def _build(self, d: int) -> None:
+        k = self.dim or d
+        if not 1 <= k <= d:
+            raise FeaturizerError(f"{self.name}: the subspace size must be in [1, {d}] for hidden size {d}")
+        # weight [k, d] with orthonormal rows. matrix_exp, not the Householder map torch picks for k < d:
+        # that one truncates the diagonal of its raw parameter to ±1 with .int(), so weight decay zeroes R
+        self.rotate = orthogonal(nn.Linear(d, k, bias=False), orthogonal_map="matrix_exp")
+
+    @property
+    def R(self) -> torch.Tensor:
+        """The orthonormal basis ``[d, k]`` (columns)."""
+        return self.rotate.weight.T
+
+    def encode(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        R = self.R
+        f = h @ R
+        return f, h - f @ R.T
+
+    def decode(self, f: torch.Tensor, err: torch.Tensor) -> torch.Tensor:
+        return f @ self.R.T + err
+
+    def interchange(self, h_base: torch.Tensor, h_source: torch.Tensor) -> torch.Tensor:
+        """The base class's interchange in closed form, ``h_b + (((h_s − h_b) R) ∘ M) Rᵀ``, computing R once."""
+        R = self.R
+        delta = (h_source - h_base) @ R
+        m = self.soft_mask() if self.training else None
+        m = self.mask() if m is None else m
+        return h_base + (delta if m is None else delta * m) @ R.T
+
+
+class BoundlessDAS(DAS):
+    """Boundless DAS (Wu et al. 2023): a full ``d × d`` rotation and a learned boundary ``b ∈ [1e-3, 1]``;
+    the first ``b·d`` rotated coordinates are intervened. Training uses the soft mask
+    ``M_i = σ((b·d − i)/τ)`` with τ annealed linearly from ``temperature[0]`` to ``temperature[1]``
+    (``set_progress``); evaluation the hard mask ``i < round(b·d)``. ``regularizer()`` is the penalty ``b``.
+
+    (pyvene multiplies in a left factor ``σ(i/τ)``, which only halves coordinate 0; it is left out here.)
+    """
+
+    def __init__(self, init_boundary: float = 0.5, temperature: Sequence[float] = (50.0, 0.1)):
+        super().__init__(dim=None)
+        self.init_boundary = float(init_boundary)
+        self.temperature = tuple(float(t) for t in temperature)
+        self.tau = self.temperature[0]
+
+    @property
+    def name(self) -> str:
+        return "boundless_das"
+
+    def _build(self, d: int) -> None:
+        super()._build(d)
+        self.boundary = nn.Parameter(torch.tensor(self.init_boundary))
+        self.register_buffer("_index", torch.arange(d, dtype=torch.float32), persistent=False)
+
+    def _b(self) -> torch.Tensor:
+        return self.boundary.clamp(1e-3, 1.0)
+
+    def soft_mask(self) -> torch.Tensor:
+        """Float ``[d]``: ``σ((b·d − i)/τ)``."""
+        return torch.sigmoid((self._b() * self.d - self._index) / self.tau)
+
+    def mask(self) -> torch.Tensor:
+        """Bool ``[d]``: ``i < round(b·d)``."""
+        return self._index < torch.round(self._b().detach() * self.d)
+
+    def set_progress(self, fraction: float) -> None:
+        t0, t1 = self.temperature
+        self.tau = t0 + (t1 - t0) * min(max(fraction, 0.0), 1.0)
+
+    def regularizer(self) -> torch.Tensor:
+        return self._b()
+
+    def summary(self) -> dict:
+        return {"size": int(self.mask().sum())}
