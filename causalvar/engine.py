@@ -134,7 +134,7 @@ class Engine:
             raise ValueError(f"site {site} was not prepared; pass it to Engine.prepare")
         if start is not None:
             hidden = prepared.states[k]["hidden"][start]
-            return self.adapter.run_suffix(prepared.states[k], start, _patch(hidden, pos, featurizer, source), rows)
+            return self.adapter.run_suffix(prepared.states[k], start, _patch(hidden, pos, featurizer, source), rows, pos)
         return self._hooked_forward(rows, site, pos, featurizer, source)
 
     def _hooked_forward(self, rows: Batch, site: Site, pos, featurizer: Featurizer, source) -> torch.Tensor:

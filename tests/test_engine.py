@@ -124,3 +124,24 @@ def test_unrelated_variable_iia_equals_base_output_agreement(equality):
     agreement = sum(p == b for p, b in zip(pred, ds.base_labels)) / len(pred)
     assert res.table["iia"].item() == pytest.approx(agreement, abs=1e-12)
     assert 0.3 < agreement < 1.0  # the intervention is not a no-op
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_key_value_reuse_equals_full_suffix(tiny_lm, tokenizer, side):
+    """Recomputing only the positions from the intervened one on gives the full recompute's logits."""
+    family, model = tiny_lm
+    outs = {}
+    for reuse in (True, False):
+        adapter = cv.HFModel(model, tokenizer, padding_side=side, reuse_kv=reuse)
+        task = prompt_task(adapter)
+        ds = cv.CounterfactualDataset.generate(task.causal_model, "io", 9, seed=4)
+        engine = cv.Engine(adapter, task, batch_size=4)
+        bases, sources = task.encode(ds.bases), task.encode(ds.sources)
+        sites = [cv.Site(0, "io"), cv.Site(1, "s2", "input"), cv.Site(2, "last"), cv.Site(0, 2)]
+        _, acts = engine.capture(sources, sites)
+        prepared = engine.prepare(bases, sites)
+        f = Neurons(dims=range(0, 32, 3)).build(32)
+        outs[reuse] = [engine.run(prepared, s, f, acts[s]) for s in sites]
+    assert adapter.reuse_kv is False and cv.HFModel(model, tokenizer).reuse_kv is True
+    for a, b in zip(outs[True], outs[False]):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-5)

@@ -114,5 +114,8 @@ class Adapter:
     def prefix_state(self, batch: Batch, starts: list[int]) -> dict:
         raise NotImplementedError
 
-    def run_suffix(self, state: dict, start: int, hidden: torch.Tensor, batch: Batch) -> torch.Tensor:
+    def run_suffix(self, state: dict, start: int, hidden: torch.Tensor, batch: Batch,
+                   positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``[n, C]`` from ``hidden`` entering block ``start``; ``positions: [n]`` are the
+        intervened token indices (adapters may skip work on the positions before them)."""
         raise NotImplementedError

@@ -1,5 +1,7 @@
-"""Hugging Face causal language models. The only file that knows HF module names."""
+"""Hugging Face causal language models. The only file that knows HF module and argument names."""
 from __future__ import annotations
+
+import inspect
 
 import torch
 from torch import nn
@@ -9,6 +11,32 @@ from .base import Adapter, Batch, ModelError, unwrap
 # where each family keeps its decoder blocks and final norm, relative to ``model.base_model``
 _BLOCK_ATTRS = ("layers", "h", "blocks")
 _NORM_ATTRS = ("norm", "ln_f", "final_layernorm", "final_layer_norm")
+# attention implementations whose masks causalvar can build when HF passed none
+_MASK_KINDS = {"sdpa": "bool", "eager": "float"}
+
+
+class _KVRecorder:
+    """Stands in for an HF cache during the base pass: keeps each layer's keys and values."""
+
+    def __init__(self):
+        self.kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def update(self, keys, values, layer_idx, *args, **kwargs):
+        self.kv[layer_idx] = (keys, values)
+        return keys, values
+
+
+class _PrefixKV:
+    """Stands in for an HF cache during suffix replay: the base's keys and values of the first ``p0``
+    positions, joined to the recomputed ones (never stored, so nothing needs trimming afterwards)."""
+
+    def __init__(self, kv: dict, p0: int):
+        self.kv, self.p0 = kv, p0
+
+    def update(self, keys, values, layer_idx, *args, **kwargs):
+        k, v = self.kv[layer_idx]
+        return (torch.cat([k[:, :, :self.p0], keys.to(k.dtype)], dim=-2),
+                torch.cat([v[:, :, :self.p0], values.to(v.dtype)], dim=-2))
 
 
 class HFModel(Adapter):
@@ -16,17 +44,19 @@ class HFModel(Adapter):
 
     Int layers index the decoder blocks; a site's ``"output"`` is the residual stream after the block,
     ``"input"`` the residual entering it. ``forward`` projects only the read position onto the
-    vocabulary. Suffix execution replays blocks with the keyword arguments they were called with.
+    vocabulary. Suffix execution replays blocks with the arguments they were called with, and reuses
+    the base's keys and values for the positions before the intervened one.
 
     Args:
         model: the causal LM (frozen, eval mode).
         tokenizer: its tokenizer; a pad token is set to EOS if it has none.
         padding_side: "left" or "right"; results do not depend on it (position ids follow the mask).
+        reuse_kv: recompute only the positions from the intervened one on (exact; on by default).
     """
 
     supports_suffix = True
 
-    def __init__(self, model: nn.Module, tokenizer, padding_side: str = "left"):
+    def __init__(self, model: nn.Module, tokenizer, padding_side: str = "left", reuse_kv: bool = True):
         if padding_side not in ("left", "right"):
             raise ModelError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
         self.module = model.eval()
@@ -48,6 +78,10 @@ class HFModel(Adapter):
         self._norm: nn.Module = getattr(base, norm_attr)
         self._head: nn.Module = model.get_output_embeddings()
         self._softcap = getattr(model.config, "final_logit_softcapping", None)
+        self._signature = inspect.signature(self._blocks[0].forward)
+        self._var_kw = next((p.name for p in self._signature.parameters.values() if p.kind is p.VAR_KEYWORD), None)
+        self._mask_kind = _MASK_KINDS.get(getattr(model.config, "_attn_implementation", None))
+        self.reuse_kv = reuse_kv and self._mask_kind is not None and "past_key_values" in self._signature.parameters
         self.block_paths = [f"{prefix}.{blocks_attr}.{i}" for i in range(len(self._blocks))]
 
     @property
@@ -56,7 +90,7 @@ class HFModel(Adapter):
 
     def _logits(self, normed: torch.Tensor, read: torch.Tensor) -> torch.Tensor:
         """``normed: [n, seq, d]`` -> vocabulary logits at ``read: [n]`` -> ``[n, vocab]``."""
-        h = normed[torch.arange(len(read), device=normed.device), read]
+        h = normed[torch.arange(len(read), device=normed.device), read.to(normed.device)]
         logits = self._head(h)
         if self._softcap:
             logits = torch.tanh(logits / self._softcap) * self._softcap
@@ -68,17 +102,22 @@ class HFModel(Adapter):
 
     def prefix_state(self, batch: Batch, starts: list[int]) -> dict:
         """One forward; keep the hidden state entering each block in ``starts`` (``n_layers`` = after
-        the last block) and the call arguments of every block from the first start on."""
+        the last block), the named call arguments of every block from the first start on and, for
+        key/value reuse, each of those blocks' keys and values."""
         first = min(starts)
         hidden, calls, handles = {}, {}, []
+        recorder = _KVRecorder()
 
         def pre_hook(j):
             def hook(module, args, kwargs):
-                h = args[0] if args else kwargs["hidden_states"]
+                named = dict(self._signature.bind(*args, **kwargs).arguments)
+                call = {**named.pop(self._var_kw, {}), **named}  # every argument by its name
+                h = call.pop("hidden_states")
                 if j in starts:
                     hidden[j] = h
-                rest = {k: v for k, v in kwargs.items() if k != "hidden_states"}
-                calls[j] = (tuple(args[1:]), rest)
+                calls[j] = call
+                if self.reuse_kv:
+                    return (h,), {**call, "past_key_values": recorder}
             return hook
 
         def last_hook(module, args, output):
@@ -93,12 +132,54 @@ class HFModel(Adapter):
         finally:
             for h in handles:
                 h.remove()
-        return {"hidden": hidden, "calls": calls}
+        return {"hidden": hidden, "calls": calls, "kv": recorder.kv}
 
-    def run_suffix(self, state: dict, start: int, hidden: torch.Tensor, batch: Batch) -> torch.Tensor:
+    def run_suffix(self, state: dict, start: int, hidden: torch.Tensor, batch: Batch,
+                   positions: torch.Tensor | None = None) -> torch.Tensor:
         """Blocks ``start..`` on ``hidden: [n, seq, d]``, then the final norm and the head at the
-        read positions -> ``[n, vocab]``."""
+        read positions -> ``[n, vocab]``. With ``positions: [n]`` (the intervened token of each row)
+        only positions from ``min(positions)`` on are recomputed."""
+        p0 = 0
+        if positions is not None and self.reuse_kv and start < self.n_layers:
+            p0 = int(positions.min())
+            if p0 > int(batch.read.min()):
+                p0 = 0  # a read position before the intervention: recompute everything
+        if p0 == 0:
+            for j in range(start, self.n_layers):
+                hidden = unwrap(self._blocks[j](hidden, **state["calls"][j]))
+            return self._logits(self._norm(hidden), batch.read)
+        cache = _PrefixKV(state["kv"], p0)
+        hidden = hidden[:, p0:]
         for j in range(start, self.n_layers):
-            args, kwargs = state["calls"][j]
-            hidden = unwrap(self._blocks[j](hidden, *args, **kwargs))
-        return self._logits(self._norm(hidden), batch.read)
+            call = self._suffix_call(state["calls"][j], p0, batch, j)
+            hidden = unwrap(self._blocks[j](hidden, **call, past_key_values=cache))
+        return self._logits(self._norm(hidden), batch.read - p0)
+
+    def _suffix_call(self, call: dict, p0: int, batch: Batch, j: int) -> dict:
+        """A block's call arguments cut to the query positions ``p0..`` (keys still span all)."""
+        out = dict(call)
+        mask = call.get("attention_mask")
+        out["attention_mask"] = (mask if mask is not None else self._full_mask(batch, j))[..., p0:, :]
+        if call.get("position_embeddings") is not None:
+            out["position_embeddings"] = tuple(t[:, p0:] for t in call["position_embeddings"])
+        if call.get("position_ids") is not None:
+            out["position_ids"] = call["position_ids"][:, p0:]
+        if call.get("cache_position") is not None:
+            out["cache_position"] = call["cache_position"][p0:]
+        out.pop("past_key_values", None)
+        return out
+
+    def _full_mask(self, batch: Batch, j: int) -> torch.Tensor:
+        """The causal + padding (+ sliding window) mask ``[n, 1, seq, seq]`` HF skipped building,
+        in the format of the model's attention implementation."""
+        pad = batch.inputs["attention_mask"].bool()
+        T = pad.shape[1]
+        q = torch.arange(T, device=pad.device)
+        allowed = (q[None, :] <= q[:, None])[None, None] & pad[:, None, None, :]
+        window = getattr(getattr(self._blocks[j], "self_attn", None), "sliding_window", None)
+        if window:
+            allowed = allowed & (q[:, None] - q[None, :] < window)[None, None]
+        if self._mask_kind == "bool":
+            return allowed
+        dtype = next(self.module.parameters()).dtype
+        return torch.zeros(allowed.shape, dtype=dtype, device=pad.device).masked_fill(~allowed, torch.finfo(dtype).min)

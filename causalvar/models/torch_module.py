@@ -53,7 +53,8 @@ class TorchModel(Adapter):
             state[len(self.module)] = h
         return {"hidden": state}
 
-    def run_suffix(self, state: dict, start: int, hidden: torch.Tensor, batch: Batch) -> torch.Tensor:
+    def run_suffix(self, state: dict, start: int, hidden: torch.Tensor, batch: Batch,
+                   positions: torch.Tensor | None = None) -> torch.Tensor:
         """Blocks ``start..`` on ``hidden: [n, d]`` -> logits ``[n, n_classes]``."""
         for block in list(self.module)[start:]:
             hidden = block(hidden)

@@ -1,0 +1,47 @@
+"""The embedded SmolLM2-135M (slow: ~20 s to load, once per session). Run with ``pytest -m slow``."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import causalvar as cv
+from causalvar.cli import task_accuracy
+from causalvar.pyvene_bridge import pyvene_logits
+from featurizers import Neurons
+
+pytestmark = pytest.mark.slow
+
+
+def test_embedded_model_shape_and_ioi_accuracy(smollm):
+    assert smollm.n_layers == 30 and smollm.d_model == 576
+    assert task_accuracy(smollm, cv.tasks.ioi(smollm), n=128) >= 0.95
+
+
+def test_ioi_variables_live_where_expected(smollm):
+    """The IO's name sits at its own token early and at the last token late."""
+    task = cv.tasks.ioi(smollm)
+    res = cv.localize(smollm, task, "output_token", Neurons(), layers=[3, 29], positions=["io", "last"],
+                      n_train=0, n_test=48, progress=False)
+    iia = {(r["layer"], r["position"]): r["iia"] for r in res.rows}
+    assert iia[(3, "io")] >= 0.85 and iia[(29, "last")] >= 0.85
+    assert iia[(3, "last")] <= 0.2 and iia[(29, "io")] <= 0.2
+    assert res.meta["data"]["output_token"][2].startswith("filter 'network answers base and source correctly'")
+
+
+def test_agrees_with_pyvene_on_smollm2(smollm):
+    task = cv.tasks.ioi(smollm)
+    ds = cv.CounterfactualDataset.generate(task.causal_model, "output_position", 12, seed=2)
+    bases, sources = task.encode(ds.bases), task.encode(ds.sources)
+    engine = cv.Engine(smollm, task, batch_size=6)
+    for site in [cv.Site(0, "s2"), cv.Site(15, "s2"), cv.Site(29, "last")]:
+        _, acts = engine.capture(sources, [site])
+        f = Neurons(dims=range(0, 576, 3)).build(576)
+        ours = engine.run(engine.prepare(bases, [site]), site, f, acts[site])
+        ref = pyvene_logits(smollm, task, bases, sources, site, f, batch_size=6)
+        torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-4)
+        assert torch.equal(ours.argmax(-1), ref.argmax(-1))
+
+
+def test_gguf_file_path_loads(smollm):
+    lm = cv.load_model(str(cv.models.embedded_path()))
+    assert lm.n_layers == 30
