@@ -20,6 +20,12 @@ from ..task import Task
 N_VALUES = 10
 EMBED = 4
 HIDDEN = 16
+LAYERS = 3
+STEPS = 3000
+BATCH = 256
+LR = 3e-3
+WD = 0.0
+N_DATA = 20000
 _SEED = 0
 
 
@@ -55,16 +61,18 @@ def hierarchical_equality() -> Task:
 
 def _mlp() -> nn.Sequential:
     """Blocks 0-2: Linear+ReLU of width 16 (the hidden layers); block 3: the output Linear."""
-    dims = [4 * EMBED, HIDDEN, HIDDEN, HIDDEN]
+    dims = [4 * EMBED] + [HIDDEN] * LAYERS
     blocks = [nn.Sequential(nn.Linear(a, b), nn.ReLU()) for a, b in zip(dims, dims[1:])]
     return nn.Sequential(*blocks, nn.Linear(HIDDEN, 2))
 
 
-def equality_mlp(cache: bool = True, steps: int = 3000) -> nn.Sequential:
+def equality_mlp(cache: bool = True, steps: int | None = None) -> nn.Sequential:
     """The trained MLP (test accuracy ≈ 1.0), from the cache when present."""
     from safetensors.torch import load_file, save_file
 
-    tag = hashlib.sha1(f"{N_VALUES}-{EMBED}-{HIDDEN}-{_SEED}-{steps}".encode()).hexdigest()[:10]
+    steps = STEPS if steps is None else steps
+    key = f"{N_VALUES}-{EMBED}-{HIDDEN}-{LAYERS}-{steps}-{BATCH}-{LR}-{WD}-{N_DATA}-{_SEED}"
+    tag = hashlib.sha1(key.encode()).hexdigest()[:10]
     root = Path(os.environ.get("CAUSALVAR_CACHE", Path.home() / ".cache" / "causalvar"))
     path = root / f"hierarchical_equality_mlp_{tag}.safetensors"
     model = _mlp()
@@ -74,15 +82,15 @@ def equality_mlp(cache: bool = True, steps: int = 3000) -> nn.Sequential:
     task = hierarchical_equality()
     cm = task.causal_model
     rng = random.Random(_SEED)
-    data = [cm.draw(rng) for _ in range(20000)]
+    data = [cm.draw(rng) for _ in range(N_DATA)]
     x = task.encode(data).inputs["x"]
     y = torch.tensor([int(cm.run(s)["out"]) for s in data])
     torch.manual_seed(_SEED)
     model = _mlp()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WD)
     gen = torch.Generator().manual_seed(_SEED)
     for _ in range(steps):
-        idx = torch.randint(len(x), (256,), generator=gen)
+        idx = torch.randint(len(x), (BATCH,), generator=gen)
         loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
         opt.zero_grad()
         loss.backward()
