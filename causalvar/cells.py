@@ -26,6 +26,7 @@ class Split:
     sources: each site's source activation ``[n, d]``. bases: each site's base activation ``[n, d]``.
     labels: high-level counterfactual outputs (n). targets: their class / token ids ``[n]``.
     base_values, source_values: the variable's value under base and source (for supervised fits).
+    rows: each row's index in the (filtered) dataset ``build_splits`` returns.
     """
 
     prepared: Prepared
@@ -35,6 +36,7 @@ class Split:
     targets: torch.Tensor
     base_values: list
     source_values: list
+    rows: list[int]
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -95,6 +97,7 @@ def build_splits(engine: Engine, data: CounterfactualDataset, sites: Sequence[Si
             targets=task.targets(labels),
             base_values=[cm.run(data.bases[r])[data.variable] for r in rows],
             source_values=[cm.run(data.sources[r])[data.variable] for r in rows],
+            rows=rows,
         ))
     return splits, data
 
