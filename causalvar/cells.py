@@ -41,6 +41,19 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @staticmethod
+    def concat(parts: Sequence["Split"]) -> "Split":
+        """One split made of ``parts`` (e.g. the training splits of several counterfactual sets);
+        ``rows`` then index the parts' datasets one after the other."""
+        offsets = [0]
+        for p in parts[:-1]:
+            offsets.append(offsets[-1] + max(p.rows, default=-1) + 1)
+        cat = lambda name: {s: torch.cat([getattr(p, name)[s] for p in parts]) for s in getattr(parts[0], name)}
+        join = lambda name: [x for p in parts for x in getattr(p, name)]
+        return Split(Prepared.concat([p.prepared for p in parts]), cat("sources"), cat("bases"), join("labels"),
+                     torch.cat([p.targets for p in parts]), join("base_values"), join("source_values"),
+                     [r + o for p, o in zip(parts, offsets) for r in p.rows])
+
 
 def build_splits(engine: Engine, data: CounterfactualDataset, sites: Sequence[Site],
                  n_parts: Sequence[int | None], seed: int = 0, filter_correct: bool = True,

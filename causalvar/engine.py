@@ -41,16 +41,31 @@ def _patch(h: torch.Tensor, pos: torch.Tensor | None, featurizer: Featurizer, so
 
 @dataclass
 class Prepared:
-    """Base inputs made ready for interventions at some sites: fixed chunks of rows and, for suffix
-    execution, each chunk's prefix state (the hidden state entering each needed block)."""
+    """Base inputs made ready for interventions at some sites, in fixed chunks of rows: each chunk's
+    batch, its rows (a slice of the split) and, for suffix execution, its prefix state (the hidden
+    state entering each needed block)."""
 
-    batch: Batch
-    chunks: list[slice]
+    batches: list[Batch]
+    slices: list[slice]
     states: list[dict] = field(default_factory=list)
     starts: dict[Site, int | None] = field(default_factory=dict)
 
     def __len__(self) -> int:
-        return len(self.batch)
+        return sum(len(b) for b in self.batches)
+
+    @staticmethod
+    def concat(parts: Sequence["Prepared"]) -> "Prepared":
+        """The rows of ``parts`` one after the other (e.g. the training splits of several counterfactual
+        sets); their sites must agree."""
+        out, offset = Prepared([], [], [], dict(parts[0].starts)), 0
+        for p in parts:
+            if p.starts != out.starts:
+                raise ValueError("cannot join prepared data made for different sites")
+            out.batches += p.batches
+            out.states += p.states
+            out.slices += [slice(c.start + offset, c.stop + offset) for c in p.slices]
+            offset += len(p)
+        return out
 
 
 class Engine:
@@ -112,26 +127,26 @@ class Engine:
     def prepare(self, batch: Batch, sites: Sequence[Site]) -> Prepared:
         """Ready the base rows for interventions at ``sites`` (one forward per chunk where the
         adapter supports suffix execution)."""
-        prepared = Prepared(batch, self._chunks(len(batch)))
+        slices = self._chunks(len(batch))
+        prepared = Prepared([batch.select(c).to(self.adapter.device) for c in slices], slices)
         for s in sites:
             prepared.starts[s] = self.adapter.block_index(s) if self.adapter.supports_suffix else None
         starts = sorted({j for j in prepared.starts.values() if j is not None})
         if starts:
-            for chunk in prepared.chunks:
-                prepared.states.append(self.adapter.prefix_state(batch.select(chunk).to(self.adapter.device), starts))
+            prepared.states = [self.adapter.prefix_state(b, starts) for b in prepared.batches]
         return prepared
 
     def run_chunk(self, prepared: Prepared, k: int, site: Site, featurizer: Featurizer,
                   source: torch.Tensor) -> torch.Tensor:
-        """Logits ``[b, C]`` of chunk ``k`` of the bases with ``source: [b, d]`` interchanged at ``site``
-        through ``featurizer``. Differentiable in the featurizer's parameters."""
-        chunk = prepared.chunks[k]
-        rows = prepared.batch.select(chunk).to(self.adapter.device)
+        """Logits ``[b, C]`` of chunk ``k`` of the bases with ``source: [b, d]`` (the chunk's rows of the
+        source activations) interchanged at ``site`` through ``featurizer``. Differentiable in the
+        featurizer's parameters."""
+        if site not in prepared.starts:
+            raise ValueError(f"site {site} was not prepared; pass it to Engine.prepare")
+        rows = prepared.batches[k]
         pos = self.positions(rows, site)
         source = source.to(self.adapter.device)
-        start = prepared.starts.get(site)
-        if start is None and site not in prepared.starts:
-            raise ValueError(f"site {site} was not prepared; pass it to Engine.prepare")
+        start = prepared.starts[site]
         if start is not None:
             hidden = prepared.states[k]["hidden"][start]
             return self.adapter.run_suffix(prepared.states[k], start, _patch(hidden, pos, featurizer, source), rows, pos)
@@ -160,6 +175,6 @@ class Engine:
         featurizer.eval()
         try:
             return torch.cat([self.run_chunk(prepared, k, site, featurizer, source[c]).float().cpu()
-                              for k, c in enumerate(prepared.chunks)])
+                              for k, c in enumerate(prepared.slices)])
         finally:
             featurizer.train(was_training)

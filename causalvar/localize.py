@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from featurizers import Featurizer
 
-from .cells import build_splits, evaluate, fit_activations
+from .cells import Split, build_splits, evaluate, fit_activations
 from .counterfactuals import CounterfactualDataset
 from .engine import Engine
 from .metrics import clopper_pearson
@@ -29,7 +29,8 @@ def _as_list(x) -> list:
 def localize(model, task, variable: str | Sequence[str], featurizer: Featurizer | Sequence[Featurizer],
              layers: Sequence[int | str], positions=None, n_train: int = 1000, n_test: int = 200,
              seed: int = 0, data: CounterfactualDataset | dict | None = None, batch_size: int = 64,
-             epochs: int = 3, lr: float = 1e-2, val_fraction: float = 0.2, filter_correct: bool = True,
+             epochs: int = 3, lr: float = 1e-2, val_fraction: float = 0.2, patience: int = 3,
+             filter_correct: bool = True,
              changes_output: bool = False, component: str = "output", out: str | Path | None = None,
              progress: bool = True) -> Results:
     """Localize ``variable`` (one or several) with ``featurizer`` (one or several) at every
@@ -42,8 +43,12 @@ def localize(model, task, variable: str | Sequence[str], featurizer: Featurizer 
             ``None`` for networks without a sequence axis.
         n_train: training pairs per variable (0 for featurizers that learn nothing, e.g. Neurons or a
             fitted PCA); a ``val_fraction`` of them is held out for early stopping of trainable ones.
-        n_test: evaluation pairs. data: a dataset (or {variable: dataset}) instead of random pairs.
-        epochs, lr: training of DAS/DBM (AdamW on the featurizer only).
+        n_test: evaluation pairs. data: a dataset, a list of datasets (MIB's counterfactual sets: the
+            featurizer is trained on all their training pairs and scored on each one's test pairs; the
+            table's ``dataset`` column names the set), or {variable: dataset(s)}. By default one set
+            of random pairs. ``n_train`` and ``n_test`` count pairs per set.
+        epochs, lr, patience: training of DAS/DBM (AdamW on the featurizer only), stopping after
+            ``patience`` epochs without a better validation IIA.
         filter_correct: score only pairs the network gets right on base and source (MIB).
         changes_output: generate only pairs whose interchange changes the high-level output.
         out: a folder; every finished cell is appended to ``out/cells.jsonl`` and a rerun with the
@@ -79,45 +84,58 @@ def localize(model, task, variable: str | Sequence[str], featurizer: Featurizer 
     total = len(variables) * len(feats) * len(sites)
     bar = tqdm(total=total, desc="localize", disable=not progress)
     for v in variables:
-        ds = data.get(v) if isinstance(data, dict) else data
-        if ds is None:  # headroom for the pairs the filter drops; the spare ones stay unused
+        given = data.get(v) if isinstance(data, dict) else data
+        if given is None:  # headroom for the pairs the filter drops; the spare ones stay unused
             n = n_train + n_test
-            ds = CounterfactualDataset.generate(cm, v, n + (n // 4 + 8 if filter_correct else 0), seed=seed,
-                                                changes_output=changes_output)
-        elif ds.variable != v:
-            raise ValueError(f"the dataset given for variable '{v}' interchanges '{ds.variable}'")
+            given = CounterfactualDataset.generate(cm, v, n + (n // 4 + 8 if filter_correct else 0), seed=seed,
+                                                   changes_output=changes_output)
+        datasets = list(given) if isinstance(given, (list, tuple)) else [given]
+        for ds in datasets:
+            if ds.variable != v:
+                raise ValueError(f"the dataset '{ds.name}' given for variable '{v}' interchanges '{ds.variable}'")
+        if len({ds.name for ds in datasets}) != len(datasets):
+            raise ValueError(f"the counterfactual sets of variable '{v}' need distinct names, got "
+                             f"{[ds.name for ds in datasets]}")
         n_val = int(round(n_train * val_fraction)) if any(f.learns_from_interventions for f in feats) else 0
-        (tr, val, te), kept = build_splits(engine, ds, sites, [n_train - n_val, n_val, n_test], seed=seed,
-                                           filter_correct=filter_correct)
-        meta["data"][v] = kept.report
+        parts = []
+        for ds in datasets:
+            split, kept = build_splits(engine, ds, sites, [n_train - n_val, n_val, n_test], seed=seed,
+                                       filter_correct=filter_correct)
+            parts.append(split)
+            meta["data"][f"{v}/{ds.name}"] = kept.report
+        tr, val = Split.concat([p[0] for p in parts]), Split.concat([p[1] for p in parts])
+        tests = {ds.name: p[2] for ds, p in zip(datasets, parts)}
         for f in feats:
             for s in sites:
-                key = cell_key({"variable": v, "featurizer": f.name, "layer": s.layer, "position": s.position})
+                key = (v, f.name, str(s.layer), str(s.position))
                 bar.set_postfix_str(f"{v} {f.name} {s}")
-                if key in done:
-                    row = done[key]
+                if all(key + (name,) in done for name in tests):
+                    results.rows += [done[key + (name,)] for name in tests]
                     path = Path(out) / featurizer_dir(*key)
                     if (path / "featurizer.json").exists():
                         results.featurizers[key] = Featurizer.load(path)
-                else:
-                    torch.manual_seed(seed)
-                    cell = f if f.fitted else f.clone()
-                    cell.build(te.sources[s].shape[-1])
-                    row = {}
-                    if cell.learns_from_activations and not cell.fitted:
-                        fit_activations(cell, tr, s)
-                    if cell.learns_from_interventions:
-                        hist = train(engine, cell, s, tr, val if len(val) else None, epochs=epochs, lr=lr,
-                                     seed=seed, progress=progress, desc=f"train {f.name} {v} {s}")
-                        row.update(epochs_run=hist["epochs"], final_loss=round(hist["loss"][-1], 5))
+                    bar.update(1)
+                    continue
+                torch.manual_seed(seed)
+                cell = f if f.fitted else f.clone()
+                cell.build(tr.sources[s].shape[-1] if len(tr) else next(iter(tests.values())).sources[s].shape[-1])
+                info = {}
+                if cell.learns_from_activations and not cell.fitted:
+                    fit_activations(cell, tr, s)
+                if cell.learns_from_interventions:
+                    hist = train(engine, cell, s, tr, val if len(val) else None, epochs=epochs, lr=lr,
+                                 seed=seed, patience=patience, progress=progress, desc=f"train {f.name} {v} {s}")
+                    info.update(epochs_run=hist["epochs"], final_loss=round(hist["loss"][-1], 5))
+                results.featurizers[key] = cell
+                rows = []
+                for name, te in tests.items():
                     score, correct = evaluate(engine, te, s, cell)
-                    k, n = int(correct.sum()), len(correct)
-                    lo, hi = clopper_pearson(k, n)
-                    row = {"variable": v, "featurizer": f.name, "layer": s.layer, "position": s.position,
-                           "iia": score, "n": n, "ci_low": lo, "ci_high": hi, **row, **cell.summary()}
-                    results.featurizers[key] = cell
-                    _checkpoint(out, row, cell, key)
-                results.rows.append(row)
+                    lo, hi = clopper_pearson(int(correct.sum()), len(correct))
+                    rows.append({"variable": v, "featurizer": f.name, "layer": s.layer, "position": s.position,
+                                 "dataset": name, "iia": score, "n": len(correct), "ci_low": lo, "ci_high": hi,
+                                 **info, **cell.summary()})
+                _checkpoint(out, rows, cell, key)
+                results.rows += rows
                 bar.update(1)
     bar.close()
     if out is not None:
@@ -150,10 +168,11 @@ def _resume(out, meta: dict) -> dict:
     return done
 
 
-def _checkpoint(out, row: dict, featurizer: Featurizer, key: tuple) -> None:
+def _checkpoint(out, rows: list[dict], featurizer: Featurizer, key: tuple) -> None:
+    """Append a finished cell's rows to ``out/cells.jsonl`` and save its featurizer."""
     if out is None:
         return
-    if featurizer.d is not None and (featurizer.fitted or any(True for _ in featurizer.parameters())):
+    if featurizer.has_state:
         featurizer.save(Path(out) / featurizer_dir(*key))
     with open(Path(out) / "cells.jsonl", "a") as fh:
-        fh.write(json.dumps(row, default=str) + "\n")
+        fh.writelines(json.dumps(row, default=str) + "\n" for row in rows)

@@ -38,3 +38,25 @@ def logit_diff(logits: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.
     """``logit[a] - logit[b]`` per row: ``logits: [n, C]``, ``a, b: [n]`` -> ``[n]``."""
     rows = torch.arange(len(logits))
     return logits[rows, a] - logits[rows, b]
+
+
+def mib_aggregate(table, score: str = "iia", lower_is_better: bool = False):
+    """MIB's causal-variable score per (variable, featurizer): average ``score`` over the
+    counterfactual sets of each cell (layer × position), take the best position of each layer, then
+    report the mean and the best over layers. ``lower_is_better`` (e.g. IOI's squared error) makes
+    "best" the minimum. ``table``: a DataFrame with variable, featurizer, layer, position, [dataset],
+    ``score``. Returns a DataFrame: variable, featurizer, mean, best, best_layer, n_layers."""
+    import pandas as pd
+
+    if table.empty:
+        raise ValueError("cannot aggregate an empty table")
+    t = table.assign(position=table["position"].astype(str))
+    unit = t.groupby(["variable", "featurizer", "layer", "position"], sort=False)[score].mean().reset_index()
+    pick = "min" if lower_is_better else "max"
+    per_layer = unit.groupby(["variable", "featurizer", "layer"], sort=False)[score].agg(pick).reset_index()
+    rows = []
+    for (v, f), g in per_layer.groupby(["variable", "featurizer"], sort=False):
+        best_idx = g[score].idxmin() if lower_is_better else g[score].idxmax()
+        rows.append({"variable": v, "featurizer": f, "mean": g[score].mean(), "best": g[score].agg(pick),
+                     "best_layer": g.loc[best_idx, "layer"], "n_layers": len(g)})
+    return pd.DataFrame(rows)

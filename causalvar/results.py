@@ -8,11 +8,12 @@ import pandas as pd
 
 from featurizers import Featurizer
 
-COLUMNS = ["variable", "featurizer", "layer", "position", "iia", "n", "ci_low", "ci_high"]
+COLUMNS = ["variable", "featurizer", "layer", "position", "dataset", "iia", "n", "ci_low", "ci_high"]
 
 
 def cell_key(row: dict) -> tuple:
-    return row["variable"], row["featurizer"], str(row["layer"]), str(row["position"])
+    """(variable, featurizer, layer, position, dataset) of a table row, as strings where needed."""
+    return row["variable"], row["featurizer"], str(row["layer"]), str(row["position"]), row.get("dataset", "random")
 
 
 class Results:
@@ -21,7 +22,7 @@ class Results:
     Attributes:
         rows: list of dicts with at least ``COLUMNS`` (plus e.g. training history, mask sizes).
         meta: what was run: model, task, seed, sizes, and each dataset's filtering report.
-        featurizers: the fitted featurizer of each cell, keyed by ``cell_key``.
+        featurizers: the fitted featurizer of each cell, keyed by (variable, featurizer, layer, position).
     """
 
     def __init__(self, rows: list[dict] | None = None, meta: dict | None = None,
@@ -43,6 +44,13 @@ class Results:
         """The best cell of each (variable, featurizer)."""
         t = self.table
         return t.loc[t.groupby(["variable", "featurizer"], sort=False)["iia"].idxmax()].reset_index(drop=True)
+
+    def mib_score(self, score: str = "iia", lower_is_better: bool = False) -> pd.DataFrame:
+        """MIB aggregation (mean over counterfactual sets → best position per layer → mean and best
+        over layers) per variable and featurizer; see ``causalvar.metrics.mib_aggregate``."""
+        from .metrics import mib_aggregate
+
+        return mib_aggregate(self.table, score, lower_is_better)
 
     def __repr__(self) -> str:
         return f"Results({len(self.rows)} cells)\n" + self.table[COLUMNS].to_string(index=False)
@@ -66,7 +74,7 @@ class Results:
         for i, f in enumerate(feats):
             for j, v in enumerate(variables):
                 ax = axes[i][j]
-                sub = t[(t["featurizer"] == f) & (t["variable"] == v)]
+                sub = t[(t["featurizer"] == f) & (t["variable"] == v)]  # several sets: their mean
                 grid = (sub.assign(position=sub["position"].astype(str))
                         .pivot_table(index="layer", columns="position", values=value, aggfunc="mean", sort=False)
                         .reindex(index=layers, columns=positions))
@@ -96,7 +104,7 @@ class Results:
         (d / "results.json").write_text(json.dumps({"meta": self.meta, "rows": self.rows}, indent=1, default=str))
         self.table.to_csv(d / "results.csv", index=False)
         for key, feat in self.featurizers.items():
-            if feat.d is not None and (feat.fitted or any(True for _ in feat.parameters())):
+            if feat.has_state:
                 feat.save(d / featurizer_dir(*key))
         return d
 
@@ -107,7 +115,7 @@ class Results:
         blob = json.loads((d / "results.json").read_text())
         feats = {}
         for row in blob["rows"]:
-            key = cell_key(row)
+            key = cell_key(row)[:4]
             path = d / featurizer_dir(*key)
             if (path / "featurizer.json").exists():
                 feats[key] = Featurizer.load(path)

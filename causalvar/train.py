@@ -40,7 +40,7 @@ def train(engine: Engine, featurizer: Featurizer, site: Site, data: Split, val: 
     featurizer.to(engine.adapter.device)
     opt = torch.optim.AdamW(params, lr=lr)
     gen = torch.Generator().manual_seed(seed)
-    n_chunks = len(data.prepared.chunks)
+    n_chunks = len(data.prepared.batches)
     total = max(1, epochs * n_chunks)
     history = {"loss": [], "val_iia": [], "epochs": 0}
     best, best_state, stale, step = -1.0, None, 0, 0
@@ -50,7 +50,7 @@ def train(engine: Engine, featurizer: Featurizer, site: Site, data: Split, val: 
         losses = []
         for k in torch.randperm(n_chunks, generator=gen).tolist():
             featurizer.set_progress(step / total)
-            chunk = data.prepared.chunks[k]
+            chunk = data.prepared.slices[k]
             logits = engine.run_chunk(data.prepared, k, site, featurizer, data.sources[site][chunk])
             loss = F.cross_entropy(logits.float(), data.targets[chunk].to(logits.device)) + featurizer.regularizer()
             if not torch.isfinite(loss):

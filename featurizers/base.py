@@ -155,6 +155,11 @@ class Featurizer(nn.Module):
         return {}
 
     # ----------------------------------------------------------------- persistence
+    @property
+    def has_state(self) -> bool:
+        """Whether there is anything to save: built, and fitted or holding parameters."""
+        return self.d is not None and (self.fitted or any(True for _ in self.parameters()))
+
     def save(self, path: str | Path) -> Path:
         """Write ``path/featurizer.json`` and ``path/featurizer.safetensors``."""
         from safetensors.torch import save_file

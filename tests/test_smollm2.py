@@ -25,7 +25,7 @@ def test_ioi_variables_live_where_expected(smollm):
     iia = {(r["layer"], r["position"]): r["iia"] for r in res.rows}
     assert iia[(3, "io")] >= 0.85 and iia[(29, "last")] >= 0.85
     assert iia[(3, "last")] <= 0.2 and iia[(29, "io")] <= 0.2
-    assert res.meta["data"]["output_token"][2].startswith("filter 'network answers base and source correctly'")
+    assert res.meta["data"]["output_token/random"][2].startswith("filter 'network answers base and source correctly'")
 
 
 def test_agrees_with_pyvene_on_smollm2(smollm):

@@ -82,7 +82,8 @@ def test_localize_results_table_heatmap_save_load_resume(equality, tmp_path):
     kw = dict(layers=[0, 1, 2], n_train=0, n_test=200, seed=3, out=out, progress=False)
     res = cv.localize(mlp, task, ["left", "out"], [Neurons(), Neurons(dims=range(8))], **kw)
     t = res.table
-    assert list(t.columns[:8]) == ["variable", "featurizer", "layer", "position", "iia", "n", "ci_low", "ci_high"]
+    assert list(t.columns[:9]) == ["variable", "featurizer", "layer", "position", "dataset", "iia", "n",
+                                   "ci_low", "ci_high"]
     assert len(t) == 2 * 2 * 3 and (t["n"] == 200).all()
     assert ((t["ci_low"] <= t["iia"]) & (t["iia"] <= t["ci_high"])).all()
     # the full vector carries every variable at once: interchanging 'out' through it is always right
@@ -91,7 +92,7 @@ def test_localize_results_table_heatmap_save_load_resume(equality, tmp_path):
     assert (tmp_path / "heat.png").stat().st_size > 10_000 and png is not None
     loaded = cv.Results.load(out)
     pd.testing.assert_frame_equal(loaded.table, t)
-    assert json.loads((out / "results.json").read_text())["meta"]["data"]["left"][0].startswith("drew 258")
+    assert json.loads((out / "results.json").read_text())["meta"]["data"]["left/random"][0].startswith("drew 258")
     # resume: a rerun reads the finished cells instead of recomputing them
     lines = (out / "cells.jsonl").read_text().splitlines()
     again = cv.localize(mlp, task, ["left", "out"], [Neurons(), Neurons(dims=range(8))], **kw)

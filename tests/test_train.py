@@ -62,7 +62,7 @@ def test_saved_featurizers_reload_with_identical_iia(equality, tmp_path):
     ds = cv.CounterfactualDataset.generate(task.causal_model, "left", 600 + 600 // 4 + 8, seed=5)
     (_, _, test), _ = build_splits(engine, ds, sites, [320, 80, 200], seed=5)
     for row in res.rows:
-        key = (row["variable"], row["featurizer"], str(row["layer"]), str(row["position"]))
+        key = (row["variable"], row["featurizer"], str(row["layer"]), str(row["position"]))  # one per cell
         feat = loaded.featurizers[key]
         score, _ = evaluate(engine, test, cv.Site(row["layer"]), feat)
         assert score == row["iia"], key
