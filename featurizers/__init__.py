@@ -5,7 +5,8 @@ from .dbm import DBM
 from .neurons import Neurons
 from .pca import PCA
 from .sae import SAE
+from .subspace import Subspace
 from .supervised import SupervisedDictionary
 
 __all__ = ["Featurizer", "FeaturizerError", "Neurons", "DAS", "BoundlessDAS", "DBM", "PCA", "SAE",
-           "SupervisedDictionary"]
+           "SupervisedDictionary", "Subspace"]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from featurizers import (DAS, DBM, PCA, SAE, BoundlessDAS, Featurizer, FeaturizerError, Neurons,
-                         SupervisedDictionary)
+                         Subspace, SupervisedDictionary)
 
 D, N = 16, 200
 SAE_FAST = dict(train_tokens=6_400, batch_size=64)
@@ -40,6 +40,7 @@ CASES = {
     "dbm_neurons": lambda: DBM(Neurons(), l1=1e-3),
     "dbm_pca": lambda: DBM(PCA(n_components=4)),
     "dbm_sae": lambda: DBM(SAE(k=4, **SAE_FAST)),
+    "subspace": lambda: Subspace.from_matrix(torch.linalg.qr(torch.randn(D, 5)).Q, dims=[0, 2]),
 }
 NONLINEAR = {"sae", "sae_topk_dims", "sae_object", "dbm_sae"}
 _CACHE: dict[str, Featurizer] = {}

@@ -26,15 +26,22 @@ BATCH = 256
 LR = 3e-3
 WD = 0.0
 N_DATA = 20000
+UNIFORM = False
 _SEED = 0
 
 
 def _balanced(rng: random.Random) -> dict:
     """w == x half the time and y == z half the time, independently."""
     w, y = rng.randrange(N_VALUES), rng.randrange(N_VALUES)
-    x = w if rng.random() < 0.5 else rng.choice([v for v in range(N_VALUES) if v != w])
-    z = y if rng.random() < 0.5 else rng.choice([v for v in range(N_VALUES) if v != y])
-    return {"w": w, "x": x, "y": y, "z": z}
+    return {"w": w, "x": _same_or_other(rng, w), "y": y, "z": _same_or_other(rng, y)}
+
+
+def _same_or_other(rng: random.Random, v: int) -> int:
+    """``v`` with probability 1/2, else a uniformly drawn other object."""
+    if rng.random() < 0.5:
+        return v
+    other = rng.randrange(N_VALUES - 1)
+    return other + (other >= v)
 
 
 def causal_model() -> CausalModel:
@@ -49,7 +56,10 @@ def causal_model() -> CausalModel:
 
 def _embeddings() -> torch.Tensor:
     """``[N_VALUES, EMBED]``: the fixed random vector of each object."""
-    return torch.randn(N_VALUES, EMBED, generator=torch.Generator().manual_seed(_SEED))
+    gen = torch.Generator().manual_seed(_SEED)
+    if UNIFORM:
+        return torch.rand(N_VALUES, EMBED, generator=gen) * 2 - 1
+    return torch.randn(N_VALUES, EMBED, generator=gen)
 
 
 def hierarchical_equality() -> Task:
@@ -71,7 +81,7 @@ def equality_mlp(cache: bool = True, steps: int | None = None) -> nn.Sequential:
     from safetensors.torch import load_file, save_file
 
     steps = STEPS if steps is None else steps
-    key = f"{N_VALUES}-{EMBED}-{HIDDEN}-{LAYERS}-{steps}-{BATCH}-{LR}-{WD}-{N_DATA}-{_SEED}"
+    key = f"{N_VALUES}-{EMBED}-{HIDDEN}-{LAYERS}-{steps}-{BATCH}-{LR}-{WD}-{N_DATA}-{UNIFORM}-{_SEED}"
     tag = hashlib.sha1(key.encode()).hexdigest()[:10]
     root = Path(os.environ.get("CAUSALVAR_CACHE", Path.home() / ".cache" / "causalvar"))
     path = root / f"hierarchical_equality_mlp_{tag}.safetensors"

@@ -1,0 +1,61 @@
+"""A fixed linear subspace: features ``f = h R`` for a given ``R: [d, k]`` with orthonormal columns."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .base import Featurizer, FeaturizerError
+
+
+class Subspace(Featurizer):
+    """A frozen basis (e.g. an imported DAS rotation): ``f = h R``, ``err = h − f Rᵀ``; an interchange
+    takes the features ``dims`` (``None`` = all k) from the source. Make one with ``from_matrix``.
+
+    Args:
+        k: the number of basis vectors (columns of R).
+        dims: the features an interchange takes from the source.
+    """
+
+    def __init__(self, k: int, dims: Sequence[int] | None = None):
+        super().__init__()
+        self.k = int(k)
+        self.dims = None if dims is None else [int(i) for i in dims]
+
+    @classmethod
+    def from_matrix(cls, R: torch.Tensor, dims: Sequence[int] | None = None) -> "Subspace":
+        """A subspace featurizer with basis ``R: [d, k]`` (columns orthonormal to 1e-4)."""
+        R = torch.as_tensor(R, dtype=torch.float32)
+        gram = R.T @ R
+        if not torch.allclose(gram, torch.eye(R.shape[1]), atol=1e-4):
+            raise FeaturizerError(f"the {tuple(R.shape)} basis is not orthonormal (max |RᵀR − I| = "
+                                  f"{(gram - torch.eye(R.shape[1])).abs().max():.2e})")
+        feat = cls(R.shape[1], dims).build(R.shape[0])
+        feat.R.copy_(R)
+        feat.fitted = True
+        return feat
+
+    @property
+    def name(self) -> str:
+        return f"subspace(k={self.k})" if self.dims is None else f"subspace(k={self.k},{len(self.dims)})"
+
+    def _build(self, d: int) -> None:
+        if not 1 <= self.k <= d:
+            raise FeaturizerError(f"subspace size {self.k} must be in [1, {d}]")
+        bad = [i for i in self.dims or [] if not 0 <= i < self.k]
+        if bad:
+            raise FeaturizerError(f"subspace feature indices {bad} are outside its {self.k} features")
+        self.register_buffer("R", torch.zeros(d, self.k))
+        mask = torch.zeros(self.k, dtype=torch.bool)
+        mask[self.dims if self.dims is not None else slice(None)] = True
+        self.register_buffer("_mask", mask, persistent=False)
+
+    def encode(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = h @ self.R
+        return f, h - f @ self.R.T
+
+    def decode(self, f: torch.Tensor, err: torch.Tensor) -> torch.Tensor:
+        return f @ self.R.T + err
+
+    def mask(self) -> torch.Tensor | None:
+        return None if self.dims is None else self._mask
