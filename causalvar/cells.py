@@ -76,7 +76,8 @@ def build_splits(engine: Engine, data: CounterfactualDataset, sites: Sequence[Si
     base_logits, base_acts = engine.capture(bases, sites)
     src_logits, src_acts = engine.capture(sources, sites)
     if filter_correct:
-        keep = task.correct(base_logits, data.base_labels) & task.correct(src_logits, data.source_labels)
+        keep = _correct(engine, bases, base_logits, data.base_labels) & \
+            _correct(engine, sources, src_logits, data.source_labels)
         data = data.filter(keep.tolist(), "network answers base and source correctly")
         if len(data) == 0:
             raise ValueError(f"no pair is left for variable '{data.variable}': the network answers no "
@@ -115,6 +116,15 @@ def build_splits(engine: Engine, data: CounterfactualDataset, sites: Sequence[Si
     return splits, data
 
 
+def _correct(engine: Engine, batch, logits: torch.Tensor, values: list) -> torch.Tensor:
+    """Bool ``[n]``: does the network, unintervened, give each expected value (by the task's checker)?"""
+    task = engine.task
+    if not task.generates:
+        return task.correct(logits, values)
+    tokens = engine.generate(engine.prepare(batch, []), task.n_answer_tokens(values))
+    return task.correct_tokens(tokens, values)
+
+
 def fit_activations(featurizer: Featurizer, split: Split, site: Site) -> None:
     """Fit an activation-learned featurizer on the split's base and source activations at ``site``."""
     h = torch.cat([split.bases[site], split.sources[site]])
@@ -122,7 +132,13 @@ def fit_activations(featurizer: Featurizer, split: Split, site: Site) -> None:
 
 
 def evaluate(engine: Engine, split: Split, site: Site, featurizer: Featurizer) -> tuple[float, torch.Tensor]:
-    """IIA of ``featurizer`` at ``site`` on ``split``, and the per-row correctness ``bool [n]``."""
-    logits = engine.run(split.prepared, site, featurizer, split.sources[site])
-    correct = engine.task.correct(logits, split.labels)
+    """IIA of ``featurizer`` at ``site`` on ``split``, and the per-row correctness ``bool [n]`` (by the
+    task's checker: the argmax token, or greedy generation of the whole answer)."""
+    task = engine.task
+    if task.generates:
+        tokens = engine.generate(split.prepared, task.n_answer_tokens(split.labels), site, featurizer,
+                                 split.sources[site])
+        correct = task.correct_tokens(tokens, split.labels)
+    else:
+        correct = task.correct(engine.run(split.prepared, site, featurizer, split.sources[site]), split.labels)
     return iia(correct), correct

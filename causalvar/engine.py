@@ -169,6 +169,34 @@ class Engine:
             handle.remove()
 
     @torch.inference_mode()
+    def generate(self, prepared: Prepared, n_tokens: int, site: Site | None = None,
+                 featurizer: Featurizer | None = None, source: torch.Tensor | None = None) -> torch.Tensor:
+        """Greedy decoding: ``n_tokens`` token ids ``[n, n_tokens]`` after each base prompt, with ``source:
+        [n, d]`` interchanged at ``site`` on the prompt (no intervention when ``site`` is None). The
+        first token comes from suffix execution; each later one from a hooked forward of the
+        prompt plus the tokens so far."""
+        if featurizer is not None:
+            featurizer.eval()
+        out = []
+        for k, c in enumerate(prepared.slices):
+            rows = prepared.batches[k]
+            src = None if source is None else source[c].to(self.adapter.device)
+            pos = None if site is None else self.positions(rows, site)
+            tokens = []
+            for step in range(n_tokens):
+                if site is None:
+                    logits = self.adapter.forward(rows)
+                elif step == 0:
+                    logits = self.run_chunk(prepared, k, site, featurizer, src)
+                else:
+                    logits = self._hooked_forward(rows, site, pos, featurizer, src)
+                tokens.append(logits.argmax(-1).cpu())
+                if step + 1 < n_tokens:
+                    rows = self.adapter.extend(rows, tokens[-1])
+            out.append(torch.stack(tokens, 1))
+        return torch.cat(out)
+
+    @torch.inference_mode()
     def run(self, prepared: Prepared, site: Site, featurizer: Featurizer, source: torch.Tensor) -> torch.Tensor:
         """Logits ``[n, C]`` of all base rows with ``source: [n, d]`` interchanged at ``site``."""
         was_training = featurizer.training

@@ -16,6 +16,16 @@ from .causal_model import CausalModel
 from .models.base import Batch
 
 
+#: how a prompt task judges an answer: the argmax token (single-token answers), the whole answer by
+#: greedy decoding, or greedy decoding compared after normalisation
+CHECKERS = ("token", "greedy", "normalized")
+
+
+def normalize(text: str) -> str:
+    """Lower case, without spaces and punctuation (for the ``"normalized"`` checker)."""
+    return re.sub(r"[\W_]+", "", text.lower())
+
+
 class TaskError(ValueError):
     """Inputs or outputs that the task cannot map to the network, said in the task's terms."""
 
@@ -32,6 +42,8 @@ class Task:
     """
 
     positions: Mapping = {}
+    #: whether answers are judged on greedily generated tokens (``correct_tokens``) instead of logits
+    generates: bool = False
 
     def __init__(self, causal_model: CausalModel, encode: Callable, decode: Callable | None = None,
                  target: Callable | None = None, name: str | None = None):
@@ -106,22 +118,30 @@ class PromptTask(Task):
         lm: the model adapter (``cv.load_model(...)`` / ``cv.HFModel``); its tokenizer and padding side are used.
         causal_model: the high-level model.
         prompt: input setting -> prompt text.
-        answer: high-level output value -> the answer text (e.g. ``lambda name: " " + name``); it must be
-            a single token.
+        answer: high-level output value -> the answer text (e.g. ``lambda name: " " + name``); a single
+            token with the default checker.
         positions: named token roles: an int (index among the real tokens, negative from the end),
             ``"last"``, or a callable ``(values, prompt) -> character index`` such as ``word("io")``
             (``values``: every variable's value on that example, so roles may name computed variables).
+        checker: ``"token"`` (the argmax at the last position is the answer's single token), ``"greedy"``
+            (the answer's tokens, generated greedily under the intervention) or ``"normalized"``
+            (greedy generation compared after ``normalize``). Training uses the answer's first token.
             ``"last"`` is always available.
     """
 
     def __init__(self, lm, causal_model: CausalModel, prompt: Callable[[Mapping], str],
-                 answer: Callable = str, positions: Mapping | None = None, name: str | None = None):
+                 answer: Callable = str, positions: Mapping | None = None, checker: str = "token",
+                 name: str | None = None):
         super().__init__(causal_model, encode=prompt, target=None, name=name or "prompt_task")
+        if checker not in CHECKERS:
+            raise TaskError(f"checker must be one of {CHECKERS}, got {checker!r}")
         self.lm = lm
         self.tokenizer = lm.tokenizer
         self.prompt = prompt
         self.answer = answer
         self.positions = {"last": "last", **(positions or {})}
+        self.checker = checker
+        self.generates = checker != "token"
         self._answer_ids: dict = {}
 
     def encode(self, settings: Sequence[Mapping]) -> Batch:
@@ -165,26 +185,46 @@ class PromptTask(Task):
         raise TaskError(f"position '{role}' of example {i} points at character {char} of {prompt!r}, "
                         "which no token covers")
 
-    def answer_id(self, value) -> int:
-        """The single token id of ``answer(value)``; an error naming the answer otherwise."""
+    def answer_ids(self, value) -> list[int]:
+        """The token ids of ``answer(value)``; with the ``"token"`` checker it must be one token."""
         if value not in self._answer_ids:
             text = self.answer(value)
             ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            if len(ids) != 1:
+            if not ids or (self.checker == "token" and len(ids) != 1):
                 pieces = self.tokenizer.convert_ids_to_tokens(ids)
                 raise TaskError(f"answer {text!r} (output value {value!r}) is {len(ids)} tokens {pieces}; "
-                                "this task needs single-token answers")
-            self._answer_ids[value] = ids[0]
+                                "this task needs single-token answers (or checker='greedy')")
+            self._answer_ids[value] = list(ids)
         return self._answer_ids[value]
 
     def targets(self, values: Sequence) -> torch.Tensor:
-        return torch.tensor([self.answer_id(v) for v in values], dtype=torch.long)
+        """Each answer's first token id ``[n]`` (the training target)."""
+        return torch.tensor([self.answer_ids(v)[0] for v in values], dtype=torch.long)
+
+    def n_answer_tokens(self, values: Sequence) -> int:
+        """How many tokens to generate to judge these answers."""
+        n = max(len(self.answer_ids(v)) for v in values)
+        return n + 1 if self.checker == "normalized" else n
 
     def predict(self, logits: torch.Tensor) -> list:
         return self.tokenizer.convert_ids_to_tokens(logits.argmax(-1).tolist())
 
     def correct(self, logits: torch.Tensor, values: Sequence) -> torch.Tensor:
+        """Bool ``[n]``: is the argmax token each answer's (first) token?"""
         return logits.argmax(-1).cpu() == self.targets(values)
+
+    def correct_tokens(self, tokens: torch.Tensor, values: Sequence) -> torch.Tensor:
+        """Bool ``[n]`` for greedily generated ``tokens: [n, L]``: ``"greedy"`` — the answer's tokens
+        come first, exactly; ``"normalized"`` — the generated text, lower-cased with punctuation and
+        spaces dropped, starts with the answer so normalised (RAVEL's checker)."""
+        out = []
+        for row, v in zip(tokens.tolist(), values):
+            ids = self.answer_ids(v)
+            if self.checker == "greedy":
+                out.append(row[:len(ids)] == ids)
+            else:
+                out.append(normalize(self.tokenizer.decode(row)).startswith(normalize(self.answer(v))))
+        return torch.tensor(out, dtype=torch.bool)
 
     def resolve(self, batch: Batch, position) -> torch.Tensor:
         if isinstance(position, int):

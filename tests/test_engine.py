@@ -145,3 +145,40 @@ def test_key_value_reuse_equals_full_suffix(tiny_lm, tokenizer, side):
     assert adapter.reuse_kv is False and cv.HFModel(model, tokenizer).reuse_kv is True
     for a, b in zip(outs[True], outs[False]):
         torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_greedy_generation_matches_transformers_generate(tiny_lm, tokenizer, side):
+    family, model = tiny_lm
+    adapter, task, ds, engine, bases, _ = _setup(model, tokenizer, padding_side=side, n=5)
+    ours = engine.generate(engine.prepare(bases, []), 3)
+    for i in range(len(bases)):
+        real = bases.inputs["attention_mask"][i].bool()
+        ids = bases.inputs["input_ids"][i][real][None]
+        ref = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=3, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id)[0, ids.shape[1]:]
+        assert len(ref) >= 1 and ours[i, :len(ref)].tolist() == ref.tolist(), (family, side, i)  # HF stops at EOS
+
+
+def test_greedy_checker_judges_whole_answers(tokenizer):
+    model = make_lm("llama", len(tokenizer))
+    adapter = cv.HFModel(model, tokenizer)
+    base_task = prompt_task(adapter)
+    task = cv.PromptTask(adapter, base_task.causal_model, prompt=base_task.prompt, answer=lambda v: f" {v} gave",
+                         positions=base_task.positions, checker="greedy")
+    ds = cv.CounterfactualDataset.generate(task.causal_model, "io", 40, seed=0)
+    engine = cv.Engine(adapter, task, batch_size=16)
+    bases = task.encode(ds.bases)
+    plain = engine.generate(engine.prepare(bases, []), 2)
+    expected = [row == task.answer_ids(label) for row, label in zip(plain.tolist(), ds.labels)]
+    assert task.correct_tokens(plain, ds.labels).tolist() == expected
+    # an interchange of nothing keeps the plain generation, so IIA is the plain agreement
+    res = cv.localize(adapter, task, "io", Neurons(dims=[]), layers=[1], positions=["io"], n_train=0, n_test=40,
+                      data=ds, filter_correct=False, progress=False)
+    assert res.table["iia"].item() == sum(expected) / len(expected)
+    # and a full-vector interchange at the last layer's last token makes the first token the source's
+    sources = task.encode(ds.sources)
+    site = cv.Site(2, "last")
+    _, acts = engine.capture(sources, [site])
+    first = engine.generate(engine.prepare(bases, [site]), 1, site, Neurons(), acts[site])
+    assert first[:, 0].tolist() == engine.generate(engine.prepare(sources, []), 1)[:, 0].tolist()

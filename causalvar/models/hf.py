@@ -100,6 +100,19 @@ class HFModel(Adapter):
         out = self._base(**batch.inputs, use_cache=False)
         return self._logits(out.last_hidden_state, batch.read)
 
+    def extend(self, batch: Batch, tokens: torch.Tensor) -> Batch:
+        """``batch`` with ``tokens: [n]`` appended after each row's last real token (either padding side)."""
+        ids, mask, pids = (batch.inputs[k] for k in ("input_ids", "attention_mask", "position_ids"))
+        n = len(ids)
+        grow = lambda t, fill: torch.cat([t, torch.full((n, 1), fill, dtype=t.dtype, device=t.device)], 1)
+        ids, mask, pids = grow(ids, self.tokenizer.pad_token_id), grow(mask, 0), grow(pids, 0)
+        rows, at = torch.arange(n, device=ids.device), batch.read.to(ids.device) + 1
+        ids[rows, at] = tokens.to(ids.device)
+        mask[rows, at] = 1
+        pids[rows, at] = pids[rows, at - 1] + 1
+        return Batch({"input_ids": ids, "attention_mask": mask, "position_ids": pids},
+                     dict(batch.positions), at)
+
     def prefix_state(self, batch: Batch, starts: list[int]) -> dict:
         """One forward; keep the hidden state entering each block in ``starts`` (``n_layers`` = after
         the last block), the named call arguments of every block from the first start on and, for
