@@ -1,6 +1,10 @@
 """The ``causalvar`` command.
 
     causalvar demo [--out runs/demo]     IOI on the embedded SmolLM2-135M: where do the variables live?
+    causalvar localize --task ioi --model smollm2-135m --featurizer das:32,neurons --layers 0:30:3 \
+        --positions s2,last --out runs/ioi
+                                         any built-in task, model and featurizers; writes a results
+                                         folder (table, heatmap, MIB scores)
 """
 from __future__ import annotations
 
@@ -46,6 +50,76 @@ def demo(args) -> int:
     return 0
 
 
+def parse_featurizer(spec: str):
+    """``"das:16"`` -> ``DAS(dim=16)``; also neurons[:i-j], full, pca[:k], sae[:d_sae], dbm[+pca|+sae],
+    boundless, supervised."""
+    import featurizers as F
+
+    name, _, arg = spec.strip().lower().partition(":")
+    num = int(arg) if arg.isdigit() else None
+    makers = {
+        "full": lambda: F.Neurons(), "full_vector": lambda: F.Neurons(),
+        "neurons": lambda: F.Neurons(dims=_span(arg)) if arg else F.Neurons(),
+        "das": lambda: F.DAS(dim=num), "boundless": lambda: F.BoundlessDAS(),
+        "pca": lambda: F.PCA(n_components=num), "sae": lambda: F.SAE(d_sae=num),
+        "supervised": lambda: F.SupervisedDictionary(),
+        "dbm": lambda: F.DBM(F.Neurons()), "dbm+neurons": lambda: F.DBM(F.Neurons()),
+        "dbm+pca": lambda: F.DBM(F.PCA()), "dbm+sae": lambda: F.DBM(F.SAE(d_sae=num)),
+    }
+    if name not in makers:
+        raise SystemExit(f"unknown featurizer {spec!r}; choose from {sorted(makers)} (e.g. das:16, pca:32, neurons:0-63)")
+    return makers[name]()
+
+
+def _span(text: str) -> list[int]:
+    """``"0-3,7"`` -> [0, 1, 2, 3, 7]."""
+    out = []
+    for part in text.split(","):
+        a, _, b = part.partition("-")
+        out += list(range(int(a), int(b) + 1)) if b else [int(a)]
+    return out
+
+
+def parse_layers(text: str, n_layers: int) -> list[int]:
+    """``"all"``, ``"0:30:3"`` (a Python range; the model's last layer is added), or ``"0,5,29"``."""
+    if text == "all":
+        return list(range(n_layers))
+    if ":" in text:
+        parts = [int(p) if p else None for p in text.split(":")]
+        layers = list(range(n_layers))[slice(*parts)]
+        return sorted(set(layers) | ({n_layers - 1} if parts[1] is None or parts[1] >= n_layers else set()))
+    return [int(x) for x in text.split(",")]
+
+
+def localize_cmd(args) -> int:
+    import causalvar as cv
+
+    tasks = cv.tasks.REGISTRY
+    if args.task not in tasks:
+        raise SystemExit(f"unknown task {args.task!r}; built-in tasks: {sorted(tasks)}")
+    feats = [parse_featurizer(f) for f in args.featurizer.split(",")]
+    print(f"loading {args.model} ...", flush=True)
+    lm = cv.load_model(args.model)
+    task = tasks[args.task](lm)
+    cm = task.causal_model
+    variables = args.variables.split(",") if args.variables else list(
+        task.variables or [v for v in cm.variables if v not in cm.inputs and v != cm.output])
+    positions = args.positions.split(",") if args.positions else ["last"]
+    layers = parse_layers(args.layers, lm.n_layers)
+    out = Path(args.out)
+    res = cv.localize(lm, task, variables, feats, layers=layers, positions=positions, n_train=args.n_train,
+                      n_test=args.n_test, epochs=args.epochs, lr=args.lr, seed=args.seed,
+                      batch_size=args.batch_size, out=out)
+    res.heatmap(out / "heatmap.png", title=f"{args.task} on {args.model}")
+    scores = res.mib_score()
+    scores.to_csv(out / "mib_scores.csv", index=False)
+    print(res.table[["variable", "featurizer", "layer", "position", "dataset", "iia", "n"]].to_string(index=False))
+    print("\nMIB scores (mean over layers, best layer):")
+    print(scores.to_string(index=False))
+    print(f"wrote {out}/results.csv, results.json, heatmap.png, mib_scores.csv")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="causalvar", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -55,6 +129,22 @@ def main(argv=None) -> int:
     p.add_argument("--n-test", type=int, default=128, help="test pairs per variable (default: 128)")
     p.add_argument("--batch-size", type=int, default=64)
     p.set_defaults(func=demo)
+    p = sub.add_parser("localize", help="localize a built-in task's variables in a model")
+    p.add_argument("--task", required=True, help="built-in task name (ioi, mcqa, arithmetic, ravel)")
+    p.add_argument("--model", default="smollm2-135m", help="embedded name, local folder, .gguf file or hub name")
+    p.add_argument("--featurizer", default="full", help="comma-separated: full, neurons:0-63, pca:32, das:16, "
+                   "boundless, dbm, dbm+pca, sae:1024, supervised")
+    p.add_argument("--variables", default=None, help="comma-separated (default: every non-input, non-output variable)")
+    p.add_argument("--layers", default="all", help="all, a range 0:30:3, or a list 0,5,29")
+    p.add_argument("--positions", default=None, help="comma-separated token roles or ints (default: last)")
+    p.add_argument("--n-train", type=int, default=256)
+    p.add_argument("--n-test", type=int, default=128)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--out", required=True, help="results folder (a rerun resumes)")
+    p.set_defaults(func=localize_cmd)
     args = parser.parse_args(argv)
     return args.func(args)
 

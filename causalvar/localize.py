@@ -45,8 +45,9 @@ def localize(model, task, variable: str | Sequence[str], featurizer: Featurizer 
             fitted PCA); a ``val_fraction`` of them is held out for early stopping of trainable ones.
         n_test: evaluation pairs. data: a dataset, a list of datasets (MIB's counterfactual sets: the
             featurizer is trained on all their training pairs and scored on each one's test pairs; the
-            table's ``dataset`` column names the set), or {variable: dataset(s)}. By default one set
-            of random pairs. ``n_train`` and ``n_test`` count pairs per set.
+            table's ``dataset`` column names the set), or {variable: dataset(s)}. By default the task's
+            ``counterfactual_sets`` (random pairs unless the task names others). ``n_train`` and
+            ``n_test`` count pairs per set.
         epochs, lr, patience: training of DAS/DBM (AdamW on the featurizer only), stopping after
             ``patience`` epochs without a better validation IIA.
         filter_correct: score only pairs the network gets right on base and source (MIB).
@@ -85,10 +86,10 @@ def localize(model, task, variable: str | Sequence[str], featurizer: Featurizer 
     bar = tqdm(total=total, desc="localize", disable=not progress)
     for v in variables:
         given = data.get(v) if isinstance(data, dict) else data
-        if given is None:  # headroom for the pairs the filter drops; the spare ones stay unused
+        if given is None:  # the task's counterfactual sets, with headroom for the pairs the filter drops
             n = n_train + n_test
-            given = CounterfactualDataset.generate(cm, v, n + (n // 4 + 8 if filter_correct else 0), seed=seed,
-                                                   changes_output=changes_output)
+            given = task.counterfactual_sets(v, n + (n // 4 + 8 if filter_correct else 0), seed=seed,
+                                             changes_output=changes_output)
         datasets = list(given) if isinstance(given, (list, tuple)) else [given]
         for ds in datasets:
             if ds.variable != v:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 
 from .causal_model import CausalModel
+from .counterfactuals import CounterfactualDataset
 from .models.base import Batch
 
 
@@ -42,6 +43,11 @@ class Task:
     """
 
     positions: Mapping = {}
+    #: the task's named counterfactual sets (MIB's): name -> source generator ``(base, rng) -> source``
+    #: (None: an independent draw), shared by all variables, or variable -> such a mapping
+    source_generators: Mapping = {"random": None}
+    #: the variables a sweep localizes by default (None: every variable that is neither input nor output)
+    variables: Sequence[str] | None = None
     #: whether answers are judged on greedily generated tokens (``correct_tokens``) instead of logits
     generates: bool = False
 
@@ -52,6 +58,16 @@ class Task:
         self._decode = decode
         self._target = target or int
         self.name = name or "task"
+
+    def counterfactual_sets(self, variable: str, n: int, seed: int = 0,
+                            changes_output: bool = False) -> list[CounterfactualDataset]:
+        """One dataset of ``n`` pairs per named counterfactual set of ``variable`` (MIB's sets)."""
+        gens = self.source_generators
+        if gens and all(isinstance(g, Mapping) for g in gens.values()):
+            gens = gens.get(variable, {"random": None})
+        return [CounterfactualDataset.generate(self.causal_model, variable, n, seed=seed, source=gen, name=name,
+                                               changes_output=changes_output)
+                for name, gen in gens.items()]
 
     def encode(self, settings: Sequence[Mapping]) -> Batch:
         """n input settings -> ``Batch(inputs={"x": [n, d_in]})``."""

@@ -45,3 +45,17 @@ def test_agrees_with_pyvene_on_smollm2(smollm):
 def test_gguf_file_path_loads(smollm):
     lm = cv.load_model(str(cv.models.embedded_path()))
     assert lm.n_layers == 30
+
+
+def test_localize_command_writes_a_results_folder(smollm, tmp_path, monkeypatch):
+    from causalvar import cli
+
+    monkeypatch.setattr(cv, "load_model", lambda name: smollm)  # the session's copy
+    out = tmp_path / "ioi"
+    assert cli.main(["localize", "--task", "ioi", "--featurizer", "full,das:4", "--layers", "27:30",
+                     "--positions", "s2,last", "--n-train", "24", "--n-test", "16", "--epochs", "1",
+                     "--out", str(out)]) == 0
+    table = cv.Results.load(out).table
+    assert set(table["featurizer"]) == {"full_vector", "das(k=4)"} and set(table["layer"]) == {27, 28, 29}
+    assert set(table["dataset"]) == {"random", "s1_io_flip"}
+    assert (out / "heatmap.png").exists() and (out / "mib_scores.csv").read_text().startswith("variable,featurizer")

@@ -59,6 +59,10 @@ def flip_order(base: dict, rng: random.Random) -> dict:
 def ioi(lm) -> PromptTask:
     """The IOI task for a causal LM adapter (``cv.load_model("smollm2-135m")``). Token roles:
     ``io`` (the IO's first mention), ``s1``, ``s2`` (the subject's two mentions), ``last``."""
-    return PromptTask(lm, causal_model(), prompt=prompt, answer=lambda name: " " + name,
+    task = PromptTask(lm, causal_model(), prompt=prompt, answer=lambda name: " " + name,
                       positions={"io": word("output_token"), "s1": word("subject", 1), "s2": word("subject", 2)},
                       name="ioi")
+    task.variables = ["output_token", "output_position"]
+    task.source_generators = {"output_token": {"random": None},
+                              "output_position": {"random": None, "s1_io_flip": flip_order}}
+    return task
