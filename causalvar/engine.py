@@ -33,7 +33,8 @@ def _patch(h: torch.Tensor, pos: torch.Tensor | None, featurizer: Featurizer, so
     """The base hidden ``h`` ([n, seq, d] or [n, d]) with the featurized interchange of ``source: [n, d]``
     written at ``pos: [n]`` (out of place, so gradients reach the featurizer)."""
     base = _gather(h, pos)
-    new = featurizer.interchange(base, source.to(base.dtype))
+    dtype = next((t.dtype for t in featurizer.state_dict().values() if t.is_floating_point()), torch.float32)
+    new = featurizer.interchange(base.to(dtype), source.to(dtype)).to(h.dtype)  # featurizer math in its dtype
     if pos is None:
         return new
     return h.index_put((torch.arange(len(pos), device=h.device), pos.to(h.device)), new)
@@ -143,6 +144,7 @@ class Engine:
         featurizer's parameters."""
         if site not in prepared.starts:
             raise ValueError(f"site {site} was not prepared; pass it to Engine.prepare")
+        featurizer.to(self.adapter.device)
         rows = prepared.batches[k]
         pos = self.positions(rows, site)
         source = source.to(self.adapter.device)

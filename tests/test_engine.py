@@ -6,7 +6,7 @@ import torch
 
 import causalvar as cv
 from causalvar.pyvene_bridge import pyvene_logits
-from featurizers import Neurons
+from featurizers import DAS, Neurons
 
 from conftest import make_lm, prompt_task
 
@@ -182,3 +182,19 @@ def test_greedy_checker_judges_whole_answers(tokenizer):
     _, acts = engine.capture(sources, [site])
     first = engine.generate(engine.prepare(bases, [site]), 1, site, Neurons(), acts[site])
     assert first[:, 0].tolist() == engine.generate(engine.prepare(sources, []), 1)[:, 0].tolist()
+
+
+def test_bfloat16_model_with_float32_featurizer(tokenizer):
+    """Featurizers compute in their own dtype; a bf16 network gets bf16 back."""
+    model = make_lm("llama", len(tokenizer)).to(torch.bfloat16)
+    adapter, task, ds, engine, bases, sources = _setup(model, tokenizer, n=8)
+    site = cv.Site(1, "last")
+    src_logits, acts = engine.capture(sources, [site])
+    base_logits, base_acts = engine.capture(bases, [site])
+    prepared = engine.prepare(bases, [site])
+    torch.manual_seed(0)
+    das = DAS(dim=32).build(32)  # full rank: the full-vector interchange, up to bf16 rounding
+    out = engine.run(prepared, site, das, acts[site])
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert (out.argmax(-1) == engine.run(prepared, site, Neurons(), acts[site]).argmax(-1)).float().mean() >= 0.75
+    torch.testing.assert_close(engine.run(prepared, site, Neurons(), base_acts[site]), base_logits, atol=0, rtol=0)
