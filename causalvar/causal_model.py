@@ -40,6 +40,12 @@ class CausalModel:
         sampler: Callable[[random.Random], Mapping[str, Any]] | None = None,
     ) -> None:
         self.inputs: dict[str, tuple] = {name: tuple(domain) for name, domain in inputs.items()}
+        self._domain_sets: dict[str, frozenset] = {}
+        for name, domain in self.inputs.items():
+            try:
+                self._domain_sets[name] = frozenset(domain)
+            except TypeError:  # unhashable values: membership by scanning the tuple
+                pass
         for name, domain in self.inputs.items():
             if not domain:
                 raise CausalModelError(f"input {name!r} has an empty domain")
@@ -168,10 +174,14 @@ class CausalModel:
         return [self.draw(rng) for _ in range(n)]
 
     def _checked(self, name: str, value: Any) -> Any:
-        if value not in self.inputs[name]:
-            raise CausalModelError(
-                f"input {name!r} = {value!r} is outside its domain {self.inputs[name]}"
-            )
+        try:  # a set lookup for hashable domains (large domains stay fast); a scan otherwise
+            inside = value in self._domain_sets[name] if name in self._domain_sets else value in self.inputs[name]
+        except TypeError:
+            inside = value in self.inputs[name]
+        if not inside:
+            domain = self.inputs[name]
+            shown = domain if len(domain) <= 20 else f"({', '.join(map(repr, domain[:10]))}, ... {len(domain)} values)"
+            raise CausalModelError(f"input {name!r} = {value!r} is outside its domain {shown}")
         return value
 
     def _check_known(self, names: Iterable[str], action: str) -> None:

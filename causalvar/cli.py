@@ -25,8 +25,10 @@ def task_accuracy(lm, task, n: int = 256, seed: int = 0, batch_size: int = 64) -
 
 
 def demo(args) -> int:
+    """IOI on SmolLM2-135M: a full-vector sweep of both MIB variables, then neurons, PCA and DAS
+    compared on the cells where the position signal lives."""
     import causalvar as cv
-    from featurizers import Neurons
+    from featurizers import DAS, PCA, Neurons
 
     t0 = time.time()
     out = Path(args.out)
@@ -35,17 +37,30 @@ def demo(args) -> int:
     task = cv.tasks.ioi(lm)
     acc = task_accuracy(lm, task)
     print(f"SmolLM2-135M answers {acc:.1%} of 256 random IOI prompts correctly", flush=True)
+
+    print("\n1. where do the variables live? full-vector interchange, 11 layers x 3 positions", flush=True)
     layers = sorted(set(range(0, lm.n_layers, 3)) | {lm.n_layers - 1})
-    res = cv.localize(lm, task, ["output_token", "output_position"], Neurons(), layers=layers,
-                      positions=["io", "s2", "last"], n_train=0, n_test=args.n_test, seed=0,
-                      batch_size=args.batch_size, out=out)
-    res.meta["task_accuracy"] = acc
-    res.save(out)
-    res.heatmap(out / "heatmap.png", title=f"IOI on SmolLM2-135M: full-vector IIA (n={args.n_test})")
-    print(res.table[["variable", "featurizer", "layer", "position", "iia", "n"]].to_string(index=False))
-    for v, report in res.meta["data"].items():
+    sweep = cv.localize(lm, task, ["output_token", "output_position"], Neurons(), layers=layers,
+                        positions=["io", "s2", "last"], n_train=0, n_test=args.n_test, seed=0,
+                        batch_size=args.batch_size, out=out / "sweep")
+    sweep.meta["task_accuracy"] = acc
+    sweep.save(out / "sweep")
+    sweep.heatmap(out / "sweep" / "heatmap.png", title=f"IOI on SmolLM2-135M: full-vector IIA (n={args.n_test} per set)")
+    print(sweep.table[["variable", "layer", "position", "dataset", "iia", "n"]].to_string(index=False))
+
+    k = 32
+    print(f"\n2. which basis? output_position with {k} neurons, the top {k} PCA components, "
+          f"and a trained {k}-dim DAS subspace", flush=True)
+    bases = cv.localize(lm, task, "output_position", [Neurons(dims=range(k)), PCA(n_components=k), DAS(dim=k)],
+                        layers=[12, 15, 18, 21], positions=["s2", "last"], n_train=args.n_train,
+                        n_test=args.n_test // 2, epochs=2, lr=1e-2, seed=0, batch_size=32, out=out / "bases")
+    bases.heatmap(out / "bases" / "heatmap.png", title=f"IOI output_position on SmolLM2-135M: bases (k={k})")
+    print(bases.table[["featurizer", "layer", "position", "dataset", "iia", "n"]].to_string(index=False))
+    print("\nMIB scores (mean over layers of the best position; best layer):")
+    print(cv.Results(sweep.rows + bases.rows).mib_score().to_string(index=False))
+    for v, report in {**sweep.meta["data"], **bases.meta["data"]}.items():
         print(f"{v}: " + "; ".join(report))
-    print(f"wrote {out / 'results.csv'}, {out / 'results.json'} and {out / 'heatmap.png'} "
+    print(f"\nwrote {out}/sweep and {out}/bases (results.csv, results.json, heatmap.png, fitted featurizers) "
           f"in {time.time() - t0:.0f} s")
     return 0
 
@@ -126,7 +141,8 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="localize IOI variables in the embedded SmolLM2-135M")
     p.add_argument("--out", default="runs/demo", help="results folder (default: runs/demo)")
-    p.add_argument("--n-test", type=int, default=128, help="test pairs per variable (default: 128)")
+    p.add_argument("--n-test", type=int, default=128, help="test pairs per counterfactual set (default: 128)")
+    p.add_argument("--n-train", type=int, default=128, help="training pairs per set for PCA and DAS (default: 128)")
     p.add_argument("--batch-size", type=int, default=64)
     p.set_defaults(func=demo)
     p = sub.add_parser("localize", help="localize a built-in task's variables in a model")

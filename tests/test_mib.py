@@ -36,9 +36,9 @@ def test_indices_are_honoured(trained, equality, tmp_path):
     task, mlp = equality
     export_submission(trained, tmp_path, "left", "das(k=4)")
     (tmp_path / f"{unit_name(0, None)}_indices").write_text("[]")  # intervene on nothing
-    feat = load_unit(tmp_path, 0, None, 16)
-    h = torch.randn(5, 16)
-    torch.testing.assert_close(feat.interchange(h, torch.randn(5, 16)), h, atol=1e-6, rtol=0)
+    feat = load_unit(tmp_path, 0, None, 64)
+    h = torch.randn(5, 64)
+    torch.testing.assert_close(feat.interchange(h, torch.randn(5, 64)), h, atol=1e-6, rtol=0)
     ds = cv.CounterfactualDataset.generate(task.causal_model, "left", 200, seed=3)
     res = evaluate_submission(mlp, task, tmp_path, "left", layers=[0], positions=[None], data=ds)
     # no feature swapped: the network keeps its base answer, so IIA = share of pairs whose label is the base's

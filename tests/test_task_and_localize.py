@@ -72,7 +72,7 @@ def test_tensor_task_errors(equality):
     bad = cv.Task(task.causal_model, encode=lambda s: [s["w"]] * (1 + s["w"] % 2))
     with pytest.raises(cv.TaskError, match="encode returned tensors of different shapes"):
         bad.encode([{"w": 0, "x": 0, "y": 0, "z": 0}, {"w": 1, "x": 0, "y": 0, "z": 0}])
-    with pytest.raises(ValueError, match="Neurons dims \\[99\\] are outside the site's hidden size 16"):
+    with pytest.raises(ValueError, match="Neurons dims \\[99\\] are outside the site's hidden size 64"):
         cv.localize(mlp, task, "left", Neurons(dims=[99]), layers=[0], n_train=0, n_test=4, progress=False)
 
 

@@ -66,7 +66,7 @@ def test_saved_featurizers_reload_with_identical_iia(equality, tmp_path):
         feat = loaded.featurizers[key]
         score, _ = evaluate(engine, test, cv.Site(row["layer"]), feat)
         assert score == row["iia"], key
-        with pytest.raises(FeaturizerError, match="fitted on hidden size 16, but the site has size 7"):
+        with pytest.raises(FeaturizerError, match="fitted on hidden size 64, but the site has size 7"):
             Featurizer.load(tmp_path / featurizer_dir(*key), d=7)
 
 

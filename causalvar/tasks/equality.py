@@ -1,8 +1,18 @@
 """Hierarchical equality, the DAS paper's task: out = (w == x) == (y == z).
 
-Each of the four inputs is one of ``N_VALUES`` objects, shown to the network as a fixed random
-vector of ``EMBED`` numbers; a 3-hidden-layer MLP (width 16) learns the task. The network is trained
-deterministically in seconds and cached under ``~/.cache/causalvar``.
+Each of the four inputs is one of ``N_VALUES`` = 1000 objects, shown to the network as a fixed random
+Gaussian vector of ``EMBED`` = 4 numbers (the paper draws a fresh vector per example; a large finite
+set stands in for that, since the causal model needs finite domains). The network is an
+``nn.Sequential`` of 3 hidden blocks ``Sequential(Linear, ReLU)`` of width 64 (16 -> 64 -> 64 -> 64)
+and an output ``Linear(64, 2)``. It is trained with Adam (5000 steps of 256 examples, lr 1e-2,
+dropout 0.2 on the hidden layers during training only) on examples drawn with the balanced sampler;
+training is seeded, runs on one thread in about 10 s and reaches ≈ 0.997 test accuracy. The result
+is cached under ``~/.cache/causalvar`` (``$CAUSALVAR_CACHE``), keyed by a hash of the constants.
+
+With it the DAS paper's finding shows: at block 0 an 8-dimensional DAS subspace aligns ``left``
+with IIA ≈ 1.0, while the best 8 neurons found (greedy and local search) reach ≈ 0.8. The first
+layer's units each test one pair (``relu(u·(e_w − e_x))``), but dropout spreads that test over many
+units, so no 8 neurons hold it while an 8-dimensional subspace can.
 """
 from __future__ import annotations
 
@@ -16,17 +26,17 @@ from torch import nn
 
 from ..causal_model import CausalModel
 from ..task import Task
+from .mlp import mlp
 
-N_VALUES = 10
-EMBED = 4
-HIDDEN = 16
-LAYERS = 3
-STEPS = 3000
+N_VALUES = 1000  # objects; many, so that equality is computed from the vectors, not memorised per pair
+EMBED = 4        # numbers per object (the paper's entity size)
+HIDDEN = 64      # width of each hidden layer
+LAYERS = 3       # hidden layers (blocks 0-2); block 3 is the output Linear
+STEPS = 5000     # Adam steps
 BATCH = 256
-LR = 3e-3
-WD = 0.0
-N_DATA = 20000
-UNIFORM = False
+LR = 1e-2
+DROPOUT = 0.2    # on the hidden layers while training only; the saved network has none
+N_DATA = 20000   # training examples drawn with the balanced sampler
 _SEED = 0
 
 
@@ -56,10 +66,7 @@ def causal_model() -> CausalModel:
 
 def _embeddings() -> torch.Tensor:
     """``[N_VALUES, EMBED]``: the fixed random vector of each object."""
-    gen = torch.Generator().manual_seed(_SEED)
-    if UNIFORM:
-        return torch.rand(N_VALUES, EMBED, generator=gen) * 2 - 1
-    return torch.randn(N_VALUES, EMBED, generator=gen)
+    return torch.randn(N_VALUES, EMBED, generator=torch.Generator().manual_seed(_SEED))
 
 
 def hierarchical_equality() -> Task:
@@ -69,41 +76,59 @@ def hierarchical_equality() -> Task:
                 decode=lambda logits: logits.argmax(-1).bool(), target=int, name="hierarchical_equality")
 
 
-def _mlp() -> nn.Sequential:
-    """Blocks 0-2: Linear+ReLU of width 16 (the hidden layers); block 3: the output Linear."""
-    dims = [4 * EMBED] + [HIDDEN] * LAYERS
-    blocks = [nn.Sequential(nn.Linear(a, b), nn.ReLU()) for a, b in zip(dims, dims[1:])]
-    return nn.Sequential(*blocks, nn.Linear(HIDDEN, 2))
+def _network() -> nn.Sequential:
+    """Blocks 0-2: Linear+ReLU of width ``HIDDEN``; block 3: the output Linear."""
+    return mlp(4 * EMBED, [HIDDEN] * LAYERS, 2)
 
 
 def equality_mlp(cache: bool = True, steps: int | None = None) -> nn.Sequential:
-    """The trained MLP (test accuracy ≈ 1.0), from the cache when present."""
+    """The trained MLP (test accuracy ≈ 0.997), from the cache when present.
+
+    Training is seeded and runs on one CPU thread (about 10 s), so it gives the same network everywhere.
+    """
     from safetensors.torch import load_file, save_file
 
     steps = STEPS if steps is None else steps
-    key = f"{N_VALUES}-{EMBED}-{HIDDEN}-{LAYERS}-{steps}-{BATCH}-{LR}-{WD}-{N_DATA}-{UNIFORM}-{_SEED}"
+    key = f"{N_VALUES}-{EMBED}-{HIDDEN}-{LAYERS}-{steps}-{BATCH}-{LR}-{DROPOUT}-{N_DATA}-{_SEED}"
     tag = hashlib.sha1(key.encode()).hexdigest()[:10]
     root = Path(os.environ.get("CAUSALVAR_CACHE", Path.home() / ".cache" / "causalvar"))
     path = root / f"hierarchical_equality_mlp_{tag}.safetensors"
-    model = _mlp()
+    model = _network()
     if cache and path.exists():
         model.load_state_dict(load_file(str(path)))
         return model.eval()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny network: one thread is fastest, and immune to busy machines
+    try:
+        model = _train(steps)
+    finally:
+        torch.set_num_threads(threads)
+    if cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(model.state_dict(), str(path))
+    return model.eval()
+
+
+def _train(steps: int) -> nn.Sequential:
+    """``steps`` seeded Adam steps on ``N_DATA`` balanced examples; returns the network in eval mode."""
     rng = random.Random(_SEED)
     ids = torch.tensor([[s[v] for v in "wxyz"] for s in (_balanced(rng) for _ in range(N_DATA))])
     x = _embeddings()[ids].flatten(1)  # the task's encoding, vectorised
     y = ((ids[:, 0] == ids[:, 1]) == (ids[:, 2] == ids[:, 3])).long()
     torch.manual_seed(_SEED)
-    model = _mlp()
-    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WD)
+    model = _network()
+    # dropout on the hidden layers' outputs through hooks, so the saved network keeps the plain blocks
+    hooks = [block.register_forward_hook(lambda mod, args, out: nn.functional.dropout(out, DROPOUT, mod.training))
+             for block in list(model)[:-1]] if DROPOUT else []
+    opt = torch.optim.Adam(model.parameters(), lr=LR)
     gen = torch.Generator().manual_seed(_SEED)
+    model.train()
     for _ in range(steps):
         idx = torch.randint(len(x), (BATCH,), generator=gen)
         loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
         opt.zero_grad()
         loss.backward()
         opt.step()
-    if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(model.state_dict(), str(path))
+    for h in hooks:
+        h.remove()
     return model.eval()
