@@ -1,6 +1,7 @@
 """The neuron basis: the hidden vector itself, whole (the full-vector interchange) or a subset of dimensions."""
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 
 import torch
@@ -21,7 +22,20 @@ class Neurons(Featurizer):
 
     @property
     def name(self) -> str:
-        return "full_vector" if self.dims is None else f"neurons[{len(self.dims)}]"
+        """``full_vector``, or the dims as spans: ``neurons[0-7]``, ``neurons[3,9-12]`` (long lists are
+        shortened to their count and a digest)."""
+        if self.dims is None:
+            return "full_vector"
+        spans, dims = [], sorted(set(self.dims))
+        for i in dims:
+            if spans and i == spans[-1][1] + 1:
+                spans[-1][1] = i
+            else:
+                spans.append([i, i])
+        text = ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in spans)
+        if len(text) > 24:
+            text = f"{len(dims)}:{zlib.crc32(text.encode()):08x}"
+        return f"neurons[{text}]"
 
     def _build(self, d: int) -> None:
         if self.dims is not None:
