@@ -58,8 +58,9 @@ def demo(args) -> int:
     print(bases.table[["featurizer", "layer", "position", "dataset", "iia", "n"]].to_string(index=False))
     print("\nMIB scores (mean over layers of the best position; best layer):")
     print(cv.Results(sweep.rows + bases.rows).mib_score().to_string(index=False))
-    for v, report in {**sweep.meta["data"], **bases.meta["data"]}.items():
-        print(f"{v}: " + "; ".join(report))
+    for part, res in (("sweep", sweep), ("bases", bases)):
+        for v, report in res.meta["data"].items():
+            print(f"{part} {v}: " + "; ".join(report))
     print(f"\nwrote {out}/sweep and {out}/bases (results.csv, results.json, heatmap.png, fitted featurizers) "
           f"in {time.time() - t0:.0f} s")
     return 0

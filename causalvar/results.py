@@ -70,7 +70,8 @@ class Results:
         positions = list(dict.fromkeys(t["position"].astype(str)))
         fig, axes = plt.subplots(len(feats), len(variables), squeeze=False,
                                  figsize=(1.2 + 1.1 * len(positions) * len(variables),
-                                          1.0 + 0.32 * len(layers) * len(feats)))
+                                          1.0 + max(2.0, 0.32 * len(layers)) * len(feats)),
+                                 constrained_layout=True)
         for i, f in enumerate(feats):
             for j, v in enumerate(variables):
                 ax = axes[i][j]
