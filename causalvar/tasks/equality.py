@@ -26,7 +26,7 @@ from torch import nn
 
 from ..causal_model import CausalModel
 from ..task import Task
-from .mlp import mlp
+from .mlp import fit_classifier, mlp
 
 N_VALUES = 1000  # objects; many, so that equality is computed from the vectors, not memorised per pair
 EMBED = 4        # numbers per object (the paper's entity size)
@@ -120,15 +120,7 @@ def _train(steps: int) -> nn.Sequential:
     # dropout on the hidden layers' outputs through hooks, so the saved network keeps the plain blocks
     hooks = [block.register_forward_hook(lambda mod, args, out: nn.functional.dropout(out, DROPOUT, mod.training))
              for block in list(model)[:-1]] if DROPOUT else []
-    opt = torch.optim.Adam(model.parameters(), lr=LR)
-    gen = torch.Generator().manual_seed(_SEED)
-    model.train()
-    for _ in range(steps):
-        idx = torch.randint(len(x), (BATCH,), generator=gen)
-        loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    fit_classifier(model, x, y, steps, LR, BATCH, _SEED)
     for h in hooks:
         h.remove()
-    return model.eval()
+    return model
