@@ -14,7 +14,7 @@ from featurizers import Featurizer
 
 from .counterfactuals import CounterfactualDataset
 from .engine import Engine, Prepared
-from .metrics import iia
+from .metrics import mean_score
 from .sites import Site
 
 
@@ -24,7 +24,7 @@ class Split:
 
     prepared: the base rows ready for interventions.
     sources: each site's source activation ``[n, d]``. bases: each site's base activation ``[n, d]``.
-    labels: high-level counterfactual outputs (n). targets: their class / token ids ``[n]``.
+    labels: high-level counterfactual outputs (n); ``task.loss`` and ``task.score`` read them.
     base_values, source_values: the variable's value under base and source (for supervised fits).
     rows: each row's index in the (filtered) dataset ``build_splits`` returns.
     """
@@ -33,7 +33,6 @@ class Split:
     sources: dict[Site, torch.Tensor]
     bases: dict[Site, torch.Tensor]
     labels: list
-    targets: torch.Tensor
     base_values: list
     source_values: list
     rows: list[int]
@@ -51,7 +50,7 @@ class Split:
         cat = lambda name: {s: torch.cat([getattr(p, name)[s] for p in parts]) for s in getattr(parts[0], name)}
         join = lambda name: [x for p in parts for x in getattr(p, name)]
         return Split(Prepared.concat([p.prepared for p in parts]), cat("sources"), cat("bases"), join("labels"),
-                     torch.cat([p.targets for p in parts]), join("base_values"), join("source_values"),
+                     join("base_values"), join("source_values"),
                      [r + o for p, o in zip(parts, offsets) for r in p.rows])
 
 
@@ -108,7 +107,6 @@ def build_splits(engine: Engine, data: CounterfactualDataset, sites: Sequence[Si
             sources={s: a[idx] for s, a in src_acts.items()},
             bases={s: a[idx] for s, a in base_acts.items()},
             labels=labels,
-            targets=task.targets(labels),
             base_values=[cm.run(data.bases[r])[data.variable] for r in rows],
             source_values=[cm.run(data.sources[r])[data.variable] for r in rows],
             rows=rows,
@@ -132,13 +130,14 @@ def fit_activations(featurizer: Featurizer, split: Split, site: Site) -> None:
 
 
 def evaluate(engine: Engine, split: Split, site: Site, featurizer: Featurizer) -> tuple[float, torch.Tensor]:
-    """IIA of ``featurizer`` at ``site`` on ``split``, and the per-row correctness ``bool [n]`` (by the
-    task's checker: the argmax token, or greedy generation of the whole answer)."""
+    """The task's metric (IIA unless the task names another) of ``featurizer`` at ``site`` on
+    ``split``, and the per-row scores ``[n]``: correctness (bool) by the task's checker — the argmax
+    token, or greedy generation of the whole answer — or the task's real-valued score."""
     task = engine.task
     if task.generates:
         tokens = engine.generate(split.prepared, task.n_answer_tokens(split.labels), site, featurizer,
                                  split.sources[site])
-        correct = task.correct_tokens(tokens, split.labels)
+        scores = task.correct_tokens(tokens, split.labels)
     else:
-        correct = task.correct(engine.run(split.prepared, site, featurizer, split.sources[site]), split.labels)
-    return iia(correct), correct
+        scores = task.score(engine.run(split.prepared, site, featurizer, split.sources[site]), split.labels)
+    return mean_score(scores), scores

@@ -13,7 +13,7 @@ from featurizers import Featurizer
 from .cells import Split, build_splits, evaluate, fit_activations
 from .counterfactuals import CounterfactualDataset
 from .engine import Engine
-from .metrics import clopper_pearson
+from .metrics import score_row
 from .models import as_adapter
 from .results import Results, cell_key, featurizer_dir
 from .sites import Site
@@ -34,7 +34,8 @@ def localize(model, task, variable: str | Sequence[str], featurizer: Featurizer 
              changes_output: bool = False, component: str = "output", out: str | Path | None = None,
              progress: bool = True) -> Results:
     """Localize ``variable`` (one or several) with ``featurizer`` (one or several) at every
-    ``layers`` × ``positions`` cell, and score each by IIA on held-out pairs.
+    ``layers`` × ``positions`` cell, and score each on held-out pairs by the task's metric (IIA;
+    tasks with real-valued outputs name theirs, e.g. the squared error of IOI's logit difference).
 
     Args:
         model: a torch module, a ``cv.HFModel``/``cv.load_model(...)`` adapter, or a model name.
@@ -78,7 +79,8 @@ def localize(model, task, variable: str | Sequence[str], featurizer: Featurizer 
             "featurizers": [{"name": f.name, "class": type(f).__name__, "config": f.config()} for f in feats],
             "layers": [str(x) for x in layers], "positions": [str(p) for p in _as_list(positions)],
             "n_train": n_train, "n_test": n_test, "seed": seed, "epochs": epochs, "lr": lr,
-            "filter_correct": filter_correct, "component": component, "data": {}}
+            "filter_correct": filter_correct, "component": component,
+            "metric": task.metric, "lower_is_better": task.lower_is_better, "data": {}}
     done = _resume(out, meta)
     engine = Engine(adapter, task, batch_size=batch_size)
     results = Results(meta=meta)
@@ -130,11 +132,9 @@ def localize(model, task, variable: str | Sequence[str], featurizer: Featurizer 
                 results.featurizers[key] = cell
                 rows = []
                 for name, te in tests.items():
-                    score, correct = evaluate(engine, te, s, cell)
-                    lo, hi = clopper_pearson(int(correct.sum()), len(correct))
+                    _, scores = evaluate(engine, te, s, cell)
                     rows.append({"variable": v, "featurizer": f.name, "layer": s.layer, "position": s.position,
-                                 "dataset": name, "iia": score, "n": len(correct), "ci_low": lo, "ci_high": hi,
-                                 **info, **cell.summary()})
+                                 "dataset": name, **score_row(scores, task.metric), **info, **cell.summary()})
                 _checkpoint(out, rows, cell, key)
                 results.rows += rows
                 bar.update(1)

@@ -12,6 +12,28 @@ def iia(correct: torch.Tensor) -> float:
     return int(correct.sum()) / len(correct)
 
 
+def mean_score(scores: torch.Tensor) -> float:
+    """A cell's score: the IIA of per-row correctness ``bool [n]``, or the mean of real-valued
+    per-row scores ``[n]`` (e.g. squared errors)."""
+    if scores.dtype == torch.bool:
+        return iia(scores)
+    if len(scores) == 0:
+        raise ValueError("the mean score of zero examples is undefined; the dataset is empty after filtering")
+    return float(scores.double().mean())
+
+
+def score_row(scores: torch.Tensor, metric: str) -> dict:
+    """The columns a results row holds for per-row ``scores: [n]``: ``metric`` (their mean), ``n`` and a
+    95% interval — Clopper–Pearson for correctness, the normal approximation of the mean otherwise."""
+    value, n = mean_score(scores), len(scores)
+    if scores.dtype == torch.bool:
+        lo, hi = clopper_pearson(int(scores.sum()), n)
+    else:
+        half = 1.96 * float(scores.double().std()) / n ** 0.5 if n > 1 else float("inf")
+        lo, hi = value - half, value + half
+    return {metric: value, "n": n, "ci_low": lo, "ci_high": hi}
+
+
 def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
     """Exact two-sided binomial interval for ``k`` successes in ``n`` trials."""
     from scipy.stats import beta

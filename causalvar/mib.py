@@ -25,7 +25,7 @@ from featurizers import DAS, DBM, PCA, Featurizer, FeaturizerError, Neurons, Sub
 from .cells import build_splits, evaluate
 from .counterfactuals import CounterfactualDataset
 from .engine import Engine
-from .metrics import clopper_pearson
+from .metrics import score_row
 from .models import as_adapter
 from .results import Results
 from .sites import Site
@@ -115,7 +115,7 @@ def load_unit(folder: str | Path, layer, position, d: int) -> Featurizer:
 def evaluate_submission(model, task, folder: str | Path, variable: str, layers: Sequence, positions: Sequence,
                         data: CounterfactualDataset | Sequence[CounterfactualDataset], n_test: int | None = None,
                         seed: int = 0, batch_size: int = 64, filter_correct: bool = True) -> Results:
-    """IIA of a submission's units at every ``layers`` × ``positions`` cell on ``data`` (one or several
+    """The task's metric (IIA) of a submission's units at every ``layers`` × ``positions`` cell on ``data`` (one or several
     counterfactual sets; every pair, or ``n_test`` per set). A missing unit fails before any forward."""
     adapter = as_adapter(model)
     engine = Engine(adapter, task, batch_size=batch_size)
@@ -124,7 +124,8 @@ def evaluate_submission(model, task, folder: str | Path, variable: str, layers: 
         _unit_files(folder, s.layer, s.position)
     units: dict[Site, Featurizer] = {}
     datasets = list(data) if isinstance(data, (list, tuple)) else [data]
-    results = Results(meta={"submission": str(folder), "variable": variable, "data": {}})
+    results = Results(meta={"submission": str(folder), "variable": variable, "metric": task.metric,
+                            "lower_is_better": task.lower_is_better, "data": {}})
     for ds in datasets:
         (test,), kept = build_splits(engine, ds, sites, [n_test], seed=seed, filter_correct=filter_correct)
         results.meta["data"][f"{variable}/{ds.name}"] = kept.report
@@ -132,9 +133,7 @@ def evaluate_submission(model, task, folder: str | Path, variable: str, layers: 
             if s not in units:
                 units[s] = load_unit(folder, s.layer, s.position, test.sources[s].shape[-1])
             feat = units[s]
-            score, correct = evaluate(engine, test, s, feat)
-            lo, hi = clopper_pearson(int(correct.sum()), len(correct))
+            _, scores = evaluate(engine, test, s, feat)
             results.rows.append({"variable": variable, "featurizer": "submission", "layer": s.layer,
-                                 "position": s.position, "dataset": ds.name, "iia": score, "n": len(correct),
-                                 "ci_low": lo, "ci_high": hi})
+                                 "position": s.position, "dataset": ds.name, **score_row(scores, task.metric)})
     return results

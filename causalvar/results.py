@@ -8,6 +8,7 @@ import pandas as pd
 
 from featurizers import Featurizer
 
+#: the leading columns of a table; "iia" stands for the task's metric (e.g. "mse" for IOI's logit difference)
 COLUMNS = ["variable", "featurizer", "layer", "position", "dataset", "iia", "n", "ci_low", "ci_high"]
 
 
@@ -20,8 +21,10 @@ class Results:
     """One row per cell (variable × featurizer × layer × position).
 
     Attributes:
-        rows: list of dicts with at least ``COLUMNS`` (plus e.g. training history, mask sizes).
-        meta: what was run: model, task, seed, sizes, and each dataset's filtering report.
+        rows: list of dicts with at least ``COLUMNS`` (plus e.g. training history, mask sizes), the
+            task's metric in place of "iia" when it names another.
+        meta: what was run: model, task, seed, sizes, the metric (``metric``, ``lower_is_better``;
+            IIA by default) and each dataset's filtering report.
         featurizers: the fitted featurizer of each cell, keyed by (variable, featurizer, layer, position).
     """
 
@@ -32,38 +35,60 @@ class Results:
         self.featurizers: dict[tuple, Featurizer] = dict(featurizers or {})
 
     @property
+    def metric(self) -> str:
+        """The column that scores a cell: "iia" unless the task named another (e.g. "mse")."""
+        return self.meta.get("metric", "iia")
+
+    @property
+    def lower_is_better(self) -> bool:
+        return bool(self.meta.get("lower_is_better", False))
+
+    @property
+    def columns(self) -> list[str]:
+        """The leading columns: ``COLUMNS`` with the metric in place of "iia"."""
+        return [self.metric if c == "iia" else c for c in COLUMNS]
+
+    @property
     def table(self) -> pd.DataFrame:
-        """A DataFrame: variable, featurizer, layer, position, iia, n, ci_low, ci_high, ..."""
+        """A DataFrame: variable, featurizer, layer, position, dataset, iia (or the task's metric), n,
+        ci_low, ci_high, ..."""
         df = pd.DataFrame(self.rows)
         if df.empty:
-            return pd.DataFrame(columns=COLUMNS)
-        extra = [c for c in df.columns if c not in COLUMNS]
-        return df[COLUMNS + extra]
+            return pd.DataFrame(columns=self.columns)
+        extra = [c for c in df.columns if c not in self.columns]
+        return df[self.columns + extra]
 
     def best(self) -> pd.DataFrame:
-        """The best cell of each (variable, featurizer)."""
+        """The best cell of each (variable, featurizer) by the metric (the lowest where lower is better)."""
         t = self.table
-        return t.loc[t.groupby(["variable", "featurizer"], sort=False)["iia"].idxmax()].reset_index(drop=True)
+        groups = t.groupby(["variable", "featurizer"], sort=False)[self.metric]
+        return t.loc[groups.idxmin() if self.lower_is_better else groups.idxmax()].reset_index(drop=True)
 
-    def mib_score(self, score: str = "iia", lower_is_better: bool = False) -> pd.DataFrame:
+    def mib_score(self, score: str | None = None, lower_is_better: bool | None = None) -> pd.DataFrame:
         """MIB aggregation (mean over counterfactual sets → best position per layer → mean and best
-        over layers) per variable and featurizer; see ``causalvar.metrics.mib_aggregate``."""
+        over layers) per variable and featurizer, of the metric unless ``score`` names another column;
+        see ``causalvar.metrics.mib_aggregate``."""
         from .metrics import mib_aggregate
 
-        return mib_aggregate(self.table, score, lower_is_better)
+        lower = self.lower_is_better if lower_is_better is None else lower_is_better
+        return mib_aggregate(self.table, score or self.metric, lower)
 
     def __repr__(self) -> str:
-        return f"Results({len(self.rows)} cells)\n" + self.table[COLUMNS].to_string(index=False)
+        return f"Results({len(self.rows)} cells)\n" + self.table[self.columns].to_string(index=False)
 
-    def heatmap(self, path: str | Path | None = None, value: str = "iia", title: str | None = None):
-        """One figure: a grid of heatmaps (rows: featurizers, columns: variables), each layer × position.
-        Saved to ``path`` (PNG/PDF) when given; returns the matplotlib figure."""
+    def heatmap(self, path: str | Path | None = None, value: str | None = None, title: str | None = None):
+        """One figure: a grid of heatmaps (rows: featurizers, columns: variables), each layer × position,
+        of ``value`` (default: the metric; the colour scale is flipped where lower is better, so bright
+        is always good). Saved to ``path`` (PNG/PDF) when given; returns the matplotlib figure."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
         t = self.table
+        value = value or self.metric
+        cmap = "viridis_r" if value == self.metric and self.lower_is_better else "viridis"
+        limits = dict(vmin=0, vmax=1) if value == "iia" else dict(vmin=t[value].min(), vmax=t[value].max())
         feats = list(dict.fromkeys(t["featurizer"]))
         variables = list(dict.fromkeys(t["variable"]))
         layers = list(dict.fromkeys(t["layer"]))
@@ -79,13 +104,12 @@ class Results:
                 grid = (sub.assign(position=sub["position"].astype(str))
                         .pivot_table(index="layer", columns="position", values=value, aggfunc="mean", sort=False)
                         .reindex(index=layers, columns=positions))
-                im = ax.imshow(grid.values, vmin=0, vmax=1 if value == "iia" else None, cmap="viridis",
-                               aspect="auto", origin="lower")
+                im = ax.imshow(grid.values, cmap=cmap, aspect="auto", origin="lower", **limits)
                 ax.set_xticks(range(len(positions)), positions, rotation=30, ha="right", fontsize=8)
                 ax.set_yticks(range(len(layers)), [str(x) for x in layers], fontsize=7)
                 for (r, c), val in pd.DataFrame(grid.values).stack().items():
                     ax.text(c, r, f"{val:.2f}", ha="center", va="center", fontsize=6,
-                            color="white" if val < 0.6 else "black")
+                            color="white" if sum(im.cmap(im.norm(val))[:3]) < 1.5 else "black")
                 ax.set_title(f"{v} · {f}", fontsize=9)
                 ax.set_ylabel("layer" if j == 0 else "")
         fig.colorbar(im, ax=axes, shrink=0.8, label=value)

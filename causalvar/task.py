@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
+from torch.nn import functional as F
 
 from .causal_model import CausalModel
 from .counterfactuals import CounterfactualDataset
@@ -50,6 +51,11 @@ class Task:
     variables: Sequence[str] | None = None
     #: whether answers are judged on greedily generated tokens (``correct_tokens``) instead of logits
     generates: bool = False
+    #: the score a cell reports (its column in ``Results.table``): "iia", the mean of ``score``'s
+    #: per-row correctness; a task with a real-valued output names its own (e.g. "mse")
+    metric: str = "iia"
+    #: whether a smaller ``metric`` is better (MIB's IOI squared error); used by aggregation and plots
+    lower_is_better: bool = False
 
     def __init__(self, causal_model: CausalModel, encode: Callable, decode: Callable | None = None,
                  target: Callable | None = None, name: str | None = None):
@@ -102,6 +108,16 @@ class Task:
         if self._decode is None:
             return logits.argmax(-1).cpu() == self.targets(values)
         return torch.tensor([p == v for p, v in zip(self.predict(logits), values)], dtype=torch.bool)
+
+    def score(self, logits: torch.Tensor, values: Sequence) -> torch.Tensor:
+        """Per-row score ``[n]`` of logits ``[n, C]`` against the expected high-level values; a cell's
+        ``metric`` is its mean. Default: correctness (bool), so the mean is the IIA."""
+        return self.correct(logits, values)
+
+    def loss(self, logits: torch.Tensor, values: Sequence) -> torch.Tensor:
+        """The training objective (a scalar, differentiable in ``logits: [n, C]``): cross-entropy
+        against each expected value's class / first answer token."""
+        return F.cross_entropy(logits.float(), self.targets(values).to(logits.device))
 
     def resolve(self, batch: Batch, position) -> torch.Tensor | None:
         """The token index ``[n]`` a site's position names (``None`` without a sequence axis)."""

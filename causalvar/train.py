@@ -1,7 +1,8 @@
 """Fitting trainable featurizers (DAS, DBM, Boundless DAS) with the interchange objective.
 
 The network is frozen; AdamW updates the featurizer's parameters only, to make the network's output
-under the intervention match the high-level counterfactual answer (cross-entropy). Steps run through
+under the intervention match the high-level counterfactual answer (the task's ``loss``:
+cross-entropy on the answer token, or e.g. the squared error of a logit difference). Steps run through
 the engine's suffix execution, so each costs only the blocks after the site.
 """
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import copy
 
 import torch
-from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from featurizers import Featurizer
@@ -30,9 +30,10 @@ def train(engine: Engine, featurizer: Featurizer, site: Site, data: Split, val: 
           progress: bool = True, desc: str = "") -> dict:
     """Train ``featurizer`` (already built/fitted) at ``site`` on the split ``data``.
 
-    Each epoch visits the split's chunks in a seeded random order. With ``val``, IIA is measured
-    after every epoch, the best state is kept and training stops after ``patience`` epochs without
-    improvement. Returns the history: loss per epoch, validation IIA per epoch, epochs run.
+    Each epoch visits the split's chunks in a seeded random order. With ``val``, the task's metric
+    (IIA, or e.g. a squared error where lower is better) is measured after every epoch, the best state
+    is kept and training stops after ``patience`` epochs without improvement. Returns the history:
+    loss per epoch, validation score per epoch (``val_score``), epochs run.
     """
     params = [p for p in featurizer.parameters() if p.requires_grad]
     if not params:
@@ -42,8 +43,9 @@ def train(engine: Engine, featurizer: Featurizer, site: Site, data: Split, val: 
     gen = torch.Generator().manual_seed(seed)
     n_chunks = len(data.prepared.batches)
     total = max(1, epochs * n_chunks)
-    history = {"loss": [], "val_iia": [], "epochs": 0}
-    best, best_state, stale, step = -1.0, None, 0, 0
+    history = {"loss": [], "val_score": [], "epochs": 0}
+    sign = -1.0 if engine.task.lower_is_better else 1.0  # compare sign * score: larger is better
+    best, best_state, stale, step = None, None, 0, 0
     bar = tqdm(total=total, desc=desc or f"train {featurizer.name} {site}", disable=not progress, leave=False)
     for epoch in range(epochs):
         featurizer.train()
@@ -52,7 +54,7 @@ def train(engine: Engine, featurizer: Featurizer, site: Site, data: Split, val: 
             featurizer.set_progress(step / total)
             chunk = data.prepared.slices[k]
             logits = engine.run_chunk(data.prepared, k, site, featurizer, data.sources[site][chunk])
-            loss = F.cross_entropy(logits.float(), data.targets[chunk].to(logits.device)) + featurizer.regularizer()
+            loss = engine.task.loss(logits, data.labels[chunk]) + featurizer.regularizer()
             if not torch.isfinite(loss):
                 raise TrainingError(f"the loss became {loss.item()} at epoch {epoch}, step {step} while training "
                                     f"{featurizer.name} at {site}; lower the learning rate (lr={lr})")
@@ -62,14 +64,14 @@ def train(engine: Engine, featurizer: Featurizer, site: Site, data: Split, val: 
             losses.append(loss.item())
             step += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.3f}", **({"val_iia": f"{best:.3f}"} if val is not None and best >= 0 else {}))
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", **({"val": f"{best:.3f}"} if best is not None else {}))
         featurizer.set_progress(min(1.0, step / total))
         history["loss"].append(sum(losses) / len(losses))
         history["epochs"] = epoch + 1
         if val is not None:
             score, _ = evaluate(engine, val, site, featurizer)
-            history["val_iia"].append(score)
-            if score > best:
+            history["val_score"].append(score)
+            if best is None or sign * score > sign * best:
                 best, best_state, stale = score, copy.deepcopy(featurizer.state_dict()), 0
             else:
                 stale += 1

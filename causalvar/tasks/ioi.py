@@ -11,10 +11,21 @@ High-level model (inputs: the two first-clause names ``name_a, name_b``, which o
   names, else ``output_token`` itself (a name carried in from a source prompt is copied as such).
 Interchanging ``output_position`` from a source whose order differs makes the base's subject the
 answer; interchanging ``output_token`` from a source with other names makes the source's IO the answer.
+
+The logit-difference variant (``ioi_logit_diff``, MIB's IOI score) predicts a number instead of a
+name: ``logit_diff = bias + token_coeff * token_signal + position_coeff * position_signal``, where
+the token signal is +1 when ``output_token`` is the base's IO and -1 when it is the base's subject,
+and the position signal is +1 when ``output_position`` points at the IO's mention and -1 otherwise.
+A cell is scored by the squared error between the network's ``logit(IO) - logit(S)`` (the base's
+names) under the intervention and that prediction: lower is better. The coefficients are fitted on
+the network's own logit differences (``fit_logit_diff``).
 """
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
+
+import torch
 
 from ..causal_model import CausalModel
 from ..task import PromptTask, word
@@ -56,6 +67,23 @@ def flip_order(base: dict, rng: random.Random) -> dict:
     return {**base, "name_a": base["name_b"], "name_b": base["name_a"], "repeat": 1 - base["repeat"]}
 
 
+def flip_subject(base: dict, rng: random.Random) -> dict:
+    """MIB's ``s2_io_flip``: the same prompt with the other first-clause name as the subject — the IO
+    and the subject trade names, so ``output_token`` and ``output_position`` both change."""
+    return {**base, "repeat": 1 - base["repeat"]}
+
+
+def flip_both(base: dict, rng: random.Random) -> dict:
+    """MIB's ``s1_ioi_flip_s2_ioi_flip``: the first-clause names swapped and the other one repeated —
+    the answer becomes the base's subject, still at the base's IO position."""
+    return {**base, "name_a": base["name_b"], "name_b": base["name_a"]}
+
+
+def same(base: dict, rng: random.Random) -> dict:
+    """The base itself (MIB's ``same`` set, used to fit the logit-difference model)."""
+    return dict(base)
+
+
 def ioi(lm) -> PromptTask:
     """The IOI task for a causal LM adapter (``cv.load_model("smollm2-135m")``). Token roles:
     ``io`` (the IO's first mention), ``s1``, ``s2`` (the subject's two mentions), ``last``."""
@@ -65,4 +93,146 @@ def ioi(lm) -> PromptTask:
     task.variables = ["output_token", "output_position"]
     task.source_generators = {"output_token": {"random": None},
                               "output_position": {"random": None, "s1_io_flip": flip_order}}
+    return task
+
+
+# ------------------------------------------------------------------ the logit-difference variant
+@dataclass(frozen=True)
+class LogitDiff:
+    """The logit-difference model's output on one prompt: the base's indirect object and subject,
+    and the predicted ``logit(io) - logit(s)``."""
+
+    io: str
+    s: str
+    value: float
+
+
+#: MIB's counterfactual sets of the logit-difference task (the ``same`` set only fits the coefficients)
+LD_SETS = {"s1_io_flip": flip_order, "s2_io_flip": flip_subject, "s1_ioi_flip_s2_ioi_flip": flip_both}
+
+
+def signals(name_a: str, name_b: str, repeat: int, output_token: str, output_position: int) -> tuple[int, int]:
+    """(token signal, position signal) of MIB's linear model, each +1 or -1 (see the module doc)."""
+    io, s = (name_a, name_b)[1 - repeat], (name_a, name_b)[repeat]
+    if output_token not in (io, s):
+        raise ValueError(f"output_token {output_token!r} is neither the prompt's IO ({io!r}) nor its subject "
+                         f"({s!r}); the logit-difference model is defined for sources that reuse the base's two "
+                         f"names (MIB's sets {sorted(LD_SETS)})")
+    return (1 if output_token == io else -1), (1 if output_position == 1 - repeat else -1)
+
+
+def logit_diff_model(bias: float = 0.0, token_coeff: float = 0.0, position_coeff: float = 0.0) -> CausalModel:
+    """The IOI causal model with MIB's output ``logit_diff`` (a ``LogitDiff``) in place of the name."""
+    def logit_diff(name_a, name_b, repeat, output_token, output_position):
+        tok, pos = signals(name_a, name_b, repeat, output_token, output_position)
+        return LogitDiff((name_a, name_b)[1 - repeat], (name_a, name_b)[repeat],
+                         bias + token_coeff * tok + position_coeff * pos)
+
+    base = causal_model()
+    mechanisms = {k: m for k, m in base.mechanisms.items() if k != "out"}
+    return CausalModel(base.inputs, {**mechanisms, "logit_diff": logit_diff}, output="logit_diff", sampler=_sample)
+
+
+class LogitDiffTask(PromptTask):
+    """IOI scored by the squared error of the network's ``logit(IO) - logit(S)`` against the
+    logit-difference model (MIB's IOI metric; lower is better). Trained with the same squared error.
+    The network "answers correctly" (for filtering) when its top token is the base's IO.
+
+    Attributes: coefficients: (bias, token_coeff, position_coeff); fit: how they were obtained.
+    """
+
+    metric = "mse"
+    lower_is_better = True
+
+    def _diff(self, logits: torch.Tensor, values) -> torch.Tensor:
+        """``logit(io) - logit(s)`` per row: ``logits: [n, vocab]`` -> ``[n]``."""
+        io = torch.tensor([self.answer_ids(v)[0] for v in values], device=logits.device)
+        s = torch.tensor([self.tokenizer(" " + v.s, add_special_tokens=False)["input_ids"][0] for v in values],
+                         device=logits.device)
+        rows = torch.arange(len(values), device=logits.device)
+        return logits[rows, io].float() - logits[rows, s].float()
+
+    def score(self, logits: torch.Tensor, values) -> torch.Tensor:
+        """Squared error ``[n]`` of the logit difference against each row's prediction."""
+        want = torch.tensor([v.value for v in values], dtype=torch.float32)
+        return (self._diff(logits, values).cpu() - want) ** 2
+
+    def loss(self, logits: torch.Tensor, values) -> torch.Tensor:
+        want = torch.tensor([v.value for v in values], dtype=torch.float32, device=logits.device)
+        return ((self._diff(logits, values) - want) ** 2).mean()
+
+
+def _ld_task(lm, coefficients) -> LogitDiffTask:
+    task = LogitDiffTask(lm, logit_diff_model(*coefficients), prompt=prompt, answer=lambda v: " " + v.io,
+                         positions={"io": word("output_token"), "s1": word("subject", 1), "s2": word("subject", 2)},
+                         name="ioi_logit_diff")
+    task.variables = ["output_token", "output_position"]
+    task.source_generators = dict(LD_SETS)
+    task.coefficients = tuple(float(c) for c in coefficients)
+    return task
+
+
+def fit_logit_diff(lm, site, n: int = 256, seed: int = 0, batch_size: int = 64) -> dict:
+    """Fit MIB's linear model of the logit difference on the network's own behaviour: for ``n`` pairs
+    of each of the sets ``same``, ``s1_io_flip``, ``s2_io_flip`` and ``s1_ioi_flip_s2_ioi_flip`` (pairs
+    the network answers correctly on base and source), interchange the whole hidden vector at
+    ``site`` (a ``cv.Site``) from the source, measure ``logit(IO) - logit(S)`` in the base's names, and
+    regress it on the (token, position) signals that both variables take from the source, by least
+    squares with an intercept (MIB fits it on patched S-inhibition heads).
+
+    Returns {"bias", "token_coeff", "position_coeff", "r2", "site", "n": pairs per set, "mean_diff":
+    per set}.
+    """
+    from featurizers import Neurons
+
+    from ..cells import build_splits
+    from ..counterfactuals import CounterfactualDataset
+    from ..engine import Engine
+
+    task = _ld_task(lm, (0.0, 0.0, 0.0))
+    cm = task.causal_model
+    engine = Engine(lm, task, batch_size=batch_size)
+    X, y, counts, means = [], [], {}, {}
+    for name, gen in {"same": same, **LD_SETS}.items():
+        data = CounterfactualDataset.generate(cm, "output_token", n, seed=seed, source=gen, name=name)
+        (split,), kept = build_splits(engine, data, [site], [None], seed=seed)
+        logits = engine.run(split.prepared, site, Neurons().build(split.sources[site].shape[-1]), split.sources[site])
+        diff = task._diff(logits, split.labels)
+        for r, d in zip(split.rows, diff.tolist()):
+            b, src = kept.bases[r], cm.run(kept.sources[r])
+            X.append(signals(b["name_a"], b["name_b"], b["repeat"], src["output_token"], src["output_position"]))
+            y.append(d)
+        counts[name], means[name] = len(split), float(diff.mean())
+    A = torch.cat([torch.ones(len(X), 1), torch.tensor(X, dtype=torch.float64)], 1)
+    target = torch.tensor(y, dtype=torch.float64)
+    coef = torch.linalg.lstsq(A, target[:, None]).solution.flatten()
+    residual = target - A @ coef
+    r2 = 1 - float(residual.pow(2).sum() / (target - target.mean()).pow(2).sum())
+    return {"bias": float(coef[0]), "token_coeff": float(coef[1]), "position_coeff": float(coef[2]), "r2": r2,
+            "site": str(site), "n": counts, "mean_diff": means}
+
+
+def ioi_logit_diff(lm, coefficients: tuple[float, float, float] | None = None, site=None, n_fit: int = 256,
+                   seed: int = 0) -> LogitDiffTask:
+    """MIB's IOI logit-difference task for a causal LM adapter: variables ``output_token`` and
+    ``output_position``, sets ``s1_io_flip``, ``s2_io_flip``, ``s1_ioi_flip_s2_ioi_flip``, metric
+    ``"mse"`` (lower is better), token roles as ``ioi``.
+
+    Args:
+        coefficients: (bias, token_coeff, position_coeff) of the linear model; by default fitted with
+            ``fit_logit_diff`` at ``site`` on ``n_fit`` pairs per set (``task.fit`` holds the fit).
+        site: where the fit interchanges the whole hidden vector; default the last token at two
+            thirds of the depth, where both signals reach the answer position.
+    """
+    from ..sites import Site
+
+    fit = None
+    if coefficients is None:
+        site = site or Site(2 * lm.n_layers // 3, "last")
+        fit = fit_logit_diff(lm, site, n=n_fit, seed=seed)
+        coefficients = (fit["bias"], fit["token_coeff"], fit["position_coeff"])
+    if len(coefficients) != 3:
+        raise ValueError(f"coefficients are (bias, token_coeff, position_coeff), got {coefficients!r}")
+    task = _ld_task(lm, coefficients)
+    task.fit = fit
     return task
