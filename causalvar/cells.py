@@ -114,8 +114,9 @@ def build_splits(engine: Engine, data: CounterfactualDataset, sites: Sequence[Si
     return splits, data
 
 
-def _correct(engine: Engine, batch, logits: torch.Tensor, values: list) -> torch.Tensor:
-    """Bool ``[n]``: does the network, unintervened, give each expected value (by the task's checker)?"""
+def _correct(engine: Engine, batch, logits: torch.Tensor | None, values: list) -> torch.Tensor:
+    """Bool ``[n]``: does the network, unintervened, give each expected value (by the task's checker:
+    ``logits: [n, C]`` of the plain forward, or greedy decoding for tasks that generate)?"""
     task = engine.task
     if not task.generates:
         return task.correct(logits, values)

@@ -15,13 +15,18 @@ from pathlib import Path
 
 
 def task_accuracy(lm, task, n: int = 256, seed: int = 0, batch_size: int = 64) -> float:
-    """The network's accuracy on ``n`` sampled inputs of ``task`` (no intervention)."""
+    """The network's accuracy on ``n`` sampled inputs of ``task`` (no intervention), by the task's
+    checker: the argmax token, or greedy decoding of the whole answer."""
+    from .cells import _correct
     from .engine import Engine
 
-    settings = task.causal_model.sample(n, seed=seed)
-    labels = [task.causal_model.run(s)[task.causal_model.output] for s in settings]
-    logits, _ = Engine(lm, task, batch_size=batch_size).capture(task.encode(settings), [])
-    return float(task.correct(logits, labels).float().mean())
+    cm = task.causal_model
+    settings = cm.sample(n, seed=seed)
+    labels = [cm.run(s)[cm.output] for s in settings]
+    engine = Engine(lm, task, batch_size=batch_size)
+    batch = task.encode(settings)
+    logits = None if task.generates else engine.capture(batch, [])[0]
+    return float(_correct(engine, batch, logits, labels).float().mean())
 
 
 def demo(args) -> int:

@@ -107,3 +107,22 @@ def test_same_seed_same_table(equality):
     runs = [cv.localize(mlp, task, "left", Neurons(dims=range(4)), layers=[0, 1], n_train=0, n_test=100, seed=9,
                         progress=False).table for _ in range(2)]
     pd.testing.assert_frame_equal(*runs)
+
+
+def test_filter_drops_exactly_the_pairs_the_network_gets_wrong():
+    from causalvar.cells import build_splits
+
+    task = cv.tasks.hierarchical_equality()
+    net = cv.tasks.train_mlp(task, hidden=(16,), steps=400, n=4000)  # half-trained: wrong on a third
+    assert 0.55 < net.accuracy < 0.8
+    data = cv.CounterfactualDataset.generate(task.causal_model, "left", 300, seed=1)
+    with torch.no_grad():
+        right = lambda settings, labels: net(task.encode(settings).inputs["x"]).argmax(-1) == task.targets(labels)
+        keep = (right(data.bases, data.base_labels) & right(data.sources, data.source_labels)).tolist()
+    (split,), kept = build_splits(cv.Engine(cv.as_adapter(net), task), data, [cv.Site(0)], [None])
+    expected = [i for i in range(len(data)) if keep[i]]
+    assert 0 < len(expected) < len(data)
+    assert kept.bases == [data.bases[i] for i in expected] and kept.sources == [data.sources[i] for i in expected]
+    assert kept.labels == [data.labels[i] for i in expected] and len(split) == len(expected)
+    assert f"filter 'network answers base and source correctly': dropped {len(data) - len(expected)} of 300" \
+        in kept.report

@@ -1,0 +1,133 @@
+"""Issue 5: MIB's causal-variable protocol on the embedded SmolLM2-135M, task by task.
+
+For each task (IOI, IOI's logit-difference variant, MCQA, two-digit addition, RAVEL-style cities) and
+each featurizer of MIB's baselines -- the full vector, DAS and DBM over neurons -- ``cv.localize`` scores
+every (layer x token position) cell on each of the task's counterfactual sets, after dropping the
+pairs the model gets wrong on base or source (MIB's filter). Written per task to
+``benchmarks/results/mib/<task>.json`` (``--out`` names another folder): the model's accuracy on the task, the filtering report of
+each set (kept / dropped), the score of every cell, the MIB score per variable and featurizer (mean
+over sets -> best position per layer -> mean and best over layers; lower is better for the
+logit-difference task's squared error), the sizes and the timing; plus ``<task>.png`` (heatmaps)
+and ``<task>.csv`` (the table). ``--table`` prints the Markdown score table of every task's JSON.
+
+    python benchmarks/bench_mib.py                      # every task, the sizes below
+    python benchmarks/bench_mib.py --tasks mcqa,ravel --layers 0:30:4 --n-train 64 --n-test 64
+    python benchmarks/bench_mib.py --table              # the README's table from the JSON files
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, base_parser, load_lm, parse_list, setup_threads, write_json  # noqa: E402
+
+import causalvar as cv  # noqa: E402
+from causalvar.cli import parse_layers, task_accuracy  # noqa: E402
+from featurizers import DAS, DBM, Neurons  # noqa: E402
+
+OUT = RESULTS / "mib"
+
+#: task -> (variables, token positions): MIB's variables; its positions for MCQA, arithmetic and
+#: RAVEL, and for IOI the residual stream at the repeated subject and the last token
+TASKS = {
+    "ioi": (["output_token", "output_position"], ["s2", "last"]),
+    "ioi_logit_diff": (["output_token", "output_position"], ["s2", "last"]),
+    "mcqa": (["answer_pointer", "answer"], ["correct_symbol", "last_token"]),
+    "arithmetic": (["ones_carry"], ["op2_last", "last"]),
+    "ravel": (["Country", "Continent", "Language"], ["entity_last_token", "last_token"]),
+}
+
+
+def parser():
+    p = base_parser(__doc__.split("\n\n")[0])
+    p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated built-in tasks")
+    p.add_argument("--variables", default=None, help="keep only these variables (names other tasks lack are ignored)")
+    p.add_argument("--layers", default="0:30:4", help="a range 0:30:4 (8 layers), a list 0,5,29, or all")
+    p.add_argument("--n-train", type=int, default=32, help="training pairs per counterfactual set (DAS, DBM)")
+    p.add_argument("--n-test", type=int, default=32, help="test pairs per counterfactual set")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--dim", type=int, default=16, help="DAS subspace size (MIB: 16 for pointer and carry)")
+    p.add_argument("--n-accuracy", type=int, default=256, help="prompts for the model's task accuracy")
+    p.add_argument("--table", action="store_true", help="print the Markdown table of the JSON files and exit")
+    p.set_defaults(out=str(OUT))  # here a folder: <task>.json, .csv, .png and runs/<task>/
+    return p
+
+
+def run_task(lm, name: str, args, out: Path) -> dict:
+    """Localize one task's variables with the three featurizers; returns the JSON payload."""
+    t0 = time.perf_counter()
+    task = cv.tasks.REGISTRY[name](lm)
+    variables, positions = TASKS[name]
+    if args.variables:
+        variables = [v for v in variables if v in parse_list(args.variables)]
+    layers = parse_layers(args.layers, lm.n_layers)
+    accuracy = task_accuracy(lm, task, n=args.n_accuracy, seed=args.seed)
+    print(f"{name}: accuracy {accuracy:.3f} on {args.n_accuracy} prompts; {variables} at {len(layers)} layers x "
+          f"{positions}", flush=True)
+    feats = [Neurons(), DAS(dim=args.dim), DBM(Neurons())]
+    res = cv.localize(lm, task, variables, feats, layers=layers, positions=positions, n_train=args.n_train,
+                      n_test=args.n_test, epochs=args.epochs, lr=args.lr, seed=args.seed,
+                      batch_size=args.batch_size, out=out / "runs" / name, progress=False)
+    res.heatmap(out / f"{name}.png", title=f"{name} on SmolLM2-135M ({res.metric}, mean over sets)")
+    res.table.to_csv(out / f"{name}.csv", index=False)
+    scores = res.mib_score()
+    print(scores.to_string(index=False), flush=True)
+    return {"task": name, "metric": res.metric, "lower_is_better": res.lower_is_better,
+            "accuracy": accuracy, "n_accuracy": args.n_accuracy, "variables": variables, "layers": layers,
+            "positions": positions, "featurizers": [f.name for f in feats],
+            "logit_diff_fit": getattr(task, "fit", None), "filtering": res.meta["data"],
+            "scores": scores.to_dict("records"), "cells": res.rows, "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def table(out: Path = OUT) -> str:
+    """The MIB scores of every ``<task>.json`` in ``out`` as one Markdown table, "mean (best)"."""
+    lines = ["| task | variable | metric | model accuracy | pairs kept / drawn | full vector | DAS | DBM |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name in TASKS:
+        path = out / f"{name}.json"
+        if not path.exists():
+            continue
+        doc = json.loads(path.read_text())
+        by = {(s["variable"], s["featurizer"]): s for s in doc["scores"]}
+        for v in doc["variables"]:
+            kept = drawn = 0
+            for key, report in doc["filtering"].items():
+                if key.split("/")[0] == v:
+                    line = next(x for x in report if x.startswith("filter 'network answers"))
+                    dropped, of = (int(t) for t in line.rsplit("dropped ", 1)[1].split(" of "))
+                    kept, drawn = kept + of - dropped, drawn + of
+            cells = [by.get((v, f)) for f in doc["featurizers"]]
+            fmt = lambda s: "–" if s is None else f"{s['mean']:.2f} ({s['best']:.2f})"
+            lines.append(f"| {name} | {v} | {doc['metric']}{' ↓' if doc['lower_is_better'] else ''} | "
+                         f"{doc['accuracy']:.2f} | {kept} / {drawn} | " + " | ".join(fmt(s) for s in cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    args = parser().parse_args(argv)
+    out = Path(args.out)
+    if args.table:
+        print(table(out))
+        return
+    setup_threads(args.threads)
+    names = parse_list(args.tasks)
+    unknown = [n for n in names if n not in TASKS]
+    if unknown:
+        raise SystemExit(f"unknown tasks {unknown}; choose from {list(TASKS)}")
+    lm, t_load = load_lm(args.model)
+    print(f"model loaded in {t_load:.1f}s; {torch.get_num_threads()} threads", flush=True)
+    for name in names:
+        payload = run_task(lm, name, args, out)
+        path = write_json(name, {"args": vars(args), **payload}, str(out / f"{name}.json"), lm.device)
+        print(f"wrote {path} ({payload['seconds']:.0f} s)", flush=True)
+    print(table(out))
+
+
+if __name__ == "__main__":
+    main()
