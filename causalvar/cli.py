@@ -134,8 +134,9 @@ def localize_cmd(args) -> int:
     res.heatmap(out / "heatmap.png", title=f"{args.task} on {args.model}")
     scores = res.mib_score()
     scores.to_csv(out / "mib_scores.csv", index=False)
-    print(res.table[["variable", "featurizer", "layer", "position", "dataset", "iia", "n"]].to_string(index=False))
-    print("\nMIB scores (mean over layers, best layer):")
+    print(res.table[["variable", "featurizer", "layer", "position", "dataset", res.metric, "n"]].to_string(index=False))
+    print(f"\nMIB scores of {res.metric}{' (lower is better)' if res.lower_is_better else ''} "
+          "(mean over layers, best layer):")
     print(scores.to_string(index=False))
     print(f"wrote {out}/results.csv, results.json, heatmap.png, mib_scores.csv")
     return 0
@@ -152,7 +153,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.set_defaults(func=demo)
     p = sub.add_parser("localize", help="localize a built-in task's variables in a model")
-    p.add_argument("--task", required=True, help="built-in task name (ioi, mcqa, arithmetic, ravel)")
+    p.add_argument("--task", required=True, help="built-in task name (ioi, ioi_logit_diff, mcqa, arithmetic, ravel)")
     p.add_argument("--model", default="smollm2-135m", help="embedded name, local folder, .gguf file or hub name")
     p.add_argument("--featurizer", default="full", help="comma-separated: full, neurons:0-63, pca:32, das:16, "
                    "boundless, dbm, dbm+pca, sae:1024, supervised")

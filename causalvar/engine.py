@@ -12,6 +12,7 @@ Cost model (the network is frozen):
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -155,6 +156,13 @@ class Engine:
         return self._hooked_forward(rows, site, pos, featurizer, source)
 
     def _hooked_forward(self, rows: Batch, site: Site, pos, featurizer: Featurizer, source) -> torch.Tensor:
+        with self._intervening(site, pos, featurizer, source):
+            return self.adapter.forward(rows)
+
+    @contextmanager
+    def _intervening(self, site: Site, pos, featurizer: Featurizer, source):
+        """While open, every forward of the network has ``source: [n, d]`` interchanged at ``site``
+        (token ``pos: [n]``) by a hook on the site's module; yields a function that removes the hook."""
         module = self.adapter.submodule(self.adapter.module_path(site))
         if site.component == "output":
             handle = module.register_forward_hook(
@@ -166,7 +174,7 @@ class Engine:
                 return args, {**kwargs, "hidden_states": _patch(kwargs["hidden_states"], pos, featurizer, source)}
             handle = module.register_forward_pre_hook(pre, with_kwargs=True)
         try:
-            return self.adapter.forward(rows)
+            yield handle.remove
         finally:
             handle.remove()
 
@@ -175,27 +183,20 @@ class Engine:
                  featurizer: Featurizer | None = None, source: torch.Tensor | None = None) -> torch.Tensor:
         """Greedy decoding: ``n_tokens`` token ids ``[n, n_tokens]`` after each base prompt, with ``source:
         [n, d]`` interchanged at ``site`` on the prompt (no intervention when ``site`` is None). The
-        first token comes from suffix execution; each later one from a hooked forward of the
-        prompt plus the tokens so far."""
+        prompt runs once (under the intervention) and fills a key/value cache; every later token is
+        one cached step, with the intervention's hook already removed (it touches prompt positions only)."""
         if featurizer is not None:
             featurizer.eval()
+            featurizer.to(self.adapter.device)
         out = []
         for k, c in enumerate(prepared.slices):
             rows = prepared.batches[k]
-            src = None if source is None else source[c].to(self.adapter.device)
-            pos = None if site is None else self.positions(rows, site)
-            tokens = []
-            for step in range(n_tokens):
-                if site is None:
-                    logits = self.adapter.forward(rows)
-                elif step == 0:
-                    logits = self.run_chunk(prepared, k, site, featurizer, src)
-                else:
-                    logits = self._hooked_forward(rows, site, pos, featurizer, src)
-                tokens.append(logits.argmax(-1).cpu())
-                if step + 1 < n_tokens:
-                    rows = self.adapter.extend(rows, tokens[-1])
-            out.append(torch.stack(tokens, 1))
+            if site is None:
+                out.append(self.adapter.generate(rows, n_tokens).cpu())
+                continue
+            src = source[c].to(self.adapter.device)
+            with self._intervening(site, self.positions(rows, site), featurizer, src) as remove_hook:
+                out.append(self.adapter.generate(rows, n_tokens, after_prompt=remove_hook).cpu())
         return torch.cat(out)
 
     @torch.inference_mode()

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import causalvar as cv
+from causalvar.models.base import Batch
 from causalvar.pyvene_bridge import pyvene_logits
 from featurizers import DAS, Neurons
 
@@ -158,6 +159,29 @@ def test_greedy_generation_matches_transformers_generate(tiny_lm, tokenizer, sid
         ref = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=3, do_sample=False,
                              pad_token_id=tokenizer.pad_token_id)[0, ids.shape[1]:]
         assert len(ref) >= 1 and ours[i, :len(ref)].tolist() == ref.tolist(), (family, side, i)  # HF stops at EOS
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_intervened_generation_equals_recomputing_the_whole_sequence(tiny_lm, tokenizer, side):
+    family, model = tiny_lm
+    adapter, task, ds, engine, bases, sources = _setup(model, tokenizer, padding_side=side, n=6)
+    site, f = cv.Site(1, "io"), Neurons().build(32)
+    _, acts = engine.capture(sources, [site])
+    ours = engine.generate(engine.prepare(bases, [site]), 3, site, f, acts[site])  # prompt once, then cached steps
+    pos = engine.positions(bases, site)
+    for i in range(len(bases)):  # reference: each row alone, unpadded, the whole sequence re-run per token
+        real = bases.inputs["attention_mask"][i].bool()
+        ids, p = bases.inputs["input_ids"][i][real].tolist(), int(pos[i]) - int(real.nonzero()[0])
+        for _ in range(3):
+            n = len(ids)
+            row = Batch({"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, n, dtype=torch.long),
+                         "position_ids": torch.arange(n)[None]}, {}, torch.tensor([n - 1]))
+            ids.append(int(engine._hooked_forward(row, site, torch.tensor([p]), f, acts[site][i:i + 1]).argmax(-1)))
+        assert ours[i].tolist() == ids[-3:], (family, side, i)
+    last = cv.Site(adapter.n_layers - 1, "last")  # the whole last-layer vector: the source's own first token
+    _, acts = engine.capture(sources, [last])
+    swapped = engine.generate(engine.prepare(bases, [last]), 2, last, f, acts[last])
+    assert swapped[:, 0].tolist() == engine.generate(engine.prepare(sources, []), 1)[:, 0].tolist(), family
 
 
 def test_greedy_checker_judges_whole_answers(tokenizer):

@@ -100,18 +100,25 @@ class HFModel(Adapter):
         out = self._base(**batch.inputs, use_cache=False)
         return self._logits(out.last_hidden_state, batch.read)
 
-    def extend(self, batch: Batch, tokens: torch.Tensor) -> Batch:
-        """``batch`` with ``tokens: [n]`` appended after each row's last real token (either padding side)."""
-        ids, mask, pids = (batch.inputs[k] for k in ("input_ids", "attention_mask", "position_ids"))
-        n = len(ids)
-        grow = lambda t, fill: torch.cat([t, torch.full((n, 1), fill, dtype=t.dtype, device=t.device)], 1)
-        ids, mask, pids = grow(ids, self.tokenizer.pad_token_id), grow(mask, 0), grow(pids, 0)
-        rows, at = torch.arange(n, device=ids.device), batch.read.to(ids.device) + 1
-        ids[rows, at] = tokens.to(ids.device)
-        mask[rows, at] = 1
-        pids[rows, at] = pids[rows, at - 1] + 1
-        return Batch({"input_ids": ids, "attention_mask": mask, "position_ids": pids},
-                     dict(batch.positions), at)
+    def generate(self, batch: Batch, n_tokens: int, after_prompt=None) -> torch.Tensor:
+        """Greedy decoding with a key/value cache: ``n_tokens`` ids ``[n, n_tokens]`` following each
+        row's last real token (either padding side: new tokens take the next position id and attend to
+        the real tokens only). ``after_prompt()`` is called once the prompt has run (e.g. to remove an
+        intervention's hook)."""
+        mask, pids = batch.inputs["attention_mask"], batch.inputs["position_ids"]
+        out = self._base(**batch.inputs, use_cache=True)
+        if after_prompt is not None:
+            after_prompt()
+        cache, rows = out.past_key_values, torch.arange(len(mask), device=mask.device)
+        tokens = [self._logits(out.last_hidden_state, batch.read).argmax(-1)]
+        next_pid = pids[rows, batch.read.to(mask.device)] + 1
+        for _ in range(n_tokens - 1):
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+            out = self._base(input_ids=tokens[-1][:, None], attention_mask=mask, position_ids=next_pid[:, None],
+                             past_key_values=cache, use_cache=True)
+            tokens.append(self._logits(out.last_hidden_state, torch.zeros_like(rows)).argmax(-1))
+            next_pid = next_pid + 1
+        return torch.stack(tokens, 1)
 
     def prefix_state(self, batch: Batch, starts: list[int]) -> dict:
         """One forward; keep the hidden state entering each block in ``starts`` (``n_layers`` = after
