@@ -13,7 +13,7 @@ import torch
 from featurizers import Featurizer
 
 from .counterfactuals import CounterfactualDataset
-from .engine import Engine, Prepared
+from .engine import ActivationStore, Engine, Prepared
 from .metrics import mean_score
 from .sites import Site
 
@@ -41,13 +41,13 @@ class Split:
         return len(self.labels)
 
     @staticmethod
-    def concat(parts: Sequence["Split"]) -> "Split":
-        """One split made of ``parts`` (e.g. the training splits of several counterfactual sets);
-        ``rows`` then index the parts' datasets one after the other."""
+    def concat(parts: Sequence["Split"], store: ActivationStore) -> "Split":
+        """One split made of ``parts`` (e.g. the training splits of several counterfactual sets), its
+        activations in ``store``; ``rows`` then index the parts' datasets one after the other."""
         offsets = [0]
         for p in parts[:-1]:
             offsets.append(offsets[-1] + max(p.rows, default=-1) + 1)
-        cat = lambda name: {s: torch.cat([getattr(p, name)[s] for p in parts]) for s in getattr(parts[0], name)}
+        cat = lambda name: {s: store.cat([getattr(p, name)[s] for p in parts]) for s in getattr(parts[0], name)}
         join = lambda name: [x for p in parts for x in getattr(p, name)]
         return Split(Prepared.concat([p.prepared for p in parts]), cat("sources"), cat("bases"), join("labels"),
                      join("base_values"), join("source_values"),
@@ -104,8 +104,8 @@ def build_splits(engine: Engine, data: CounterfactualDataset, sites: Sequence[Si
         labels = [data.labels[r] for r in rows]
         splits.append(Split(
             prepared=engine.prepare(bases.select(idx), sites),
-            sources={s: a[idx] for s, a in src_acts.items()},
-            bases={s: a[idx] for s, a in base_acts.items()},
+            sources={s: engine.store.take(a, idx) for s, a in src_acts.items()},
+            bases={s: engine.store.take(a, idx) for s, a in base_acts.items()},
             labels=labels,
             base_values=[cm.run(data.bases[r])[data.variable] for r in rows],
             source_values=[cm.run(data.sources[r])[data.variable] for r in rows],

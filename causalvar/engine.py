@@ -2,7 +2,8 @@
 
 Cost model (the network is frozen):
 - a source's activation at a site does not depend on any intervention: ``Engine.capture`` records
-  every requested site of every source in one forward per batch, reused across cells and epochs;
+  every requested site of every source in one forward per batch, reused across cells and epochs,
+  held by an ``ActivationStore`` (in memory up to a bound, memory-mapped files past it);
 - a base's activations below the intervened block don't either: ``Engine.prepare`` runs each base
   batch once and keeps the hidden state entering each needed block, so every evaluation and training
   step runs only the blocks after the site (suffix execution), and only the read position is
@@ -11,9 +12,12 @@ Cost model (the network is frozen):
 """
 from __future__ import annotations
 
+import tempfile
+import weakref
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -39,6 +43,59 @@ def _patch(h: torch.Tensor, pos: torch.Tensor | None, featurizer: Featurizer, so
     if pos is None:
         return new
     return h.index_put((torch.arange(len(pos), device=h.device), pos.to(h.device)), new)
+
+
+class ActivationStore:
+    """Where captured activations live: float32 tensors ``[n, d]`` in memory while their total stays
+    within ``max_memory_gb``, and past it in memory-mapped files under ``folder`` (a temporary folder,
+    removed with the store), which the operating system pages in as chunks are read.
+
+    Attributes: memory_bytes: held in memory now (freed tensors are given back); disk_bytes: written
+    to files so far.
+    """
+
+    def __init__(self, max_memory_gb: float | None = 4.0, folder: str | Path | None = None):
+        if max_memory_gb is not None and max_memory_gb < 0:
+            raise ValueError(f"max_memory_gb must be >= 0 or None (no bound), got {max_memory_gb}")
+        self.max_bytes = None if max_memory_gb is None else int(max_memory_gb * 2**30)
+        self._folder, self._tmp = (Path(folder), None) if folder else (None, None)
+        self.memory_bytes = self.disk_bytes = 0
+
+    def empty(self, n: int, d: int) -> torch.Tensor:
+        """A zero tensor ``[n, d]`` (float32) in memory or, past the bound, backed by a file."""
+        size = n * d * 4
+        if self.max_bytes is None or self.memory_bytes + size <= self.max_bytes:
+            self.memory_bytes += size
+            out = torch.zeros(n, d)
+            weakref.finalize(out, self._release, size)
+            return out
+        if self._folder is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="causalvar-acts-")
+            self._folder = Path(self._tmp.name)
+        self._folder.mkdir(parents=True, exist_ok=True)
+        path = self._folder / f"acts-{self.disk_bytes}-{size}.f32"
+        self.disk_bytes += size
+        return torch.from_file(str(path), shared=True, size=n * d, dtype=torch.float32).view(n, d)
+
+    def _release(self, size: int) -> None:
+        self.memory_bytes -= size
+
+    def take(self, acts: torch.Tensor, idx: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+        """Rows ``idx`` of ``acts: [n, d]`` as a new stored tensor ``[len(idx), d]``, copied in chunks."""
+        out = self.empty(len(idx), acts.shape[-1])
+        for i in range(0, len(idx), chunk):
+            out[i:i + chunk] = acts[idx[i:i + chunk]]
+        return out
+
+    def cat(self, parts: Sequence[torch.Tensor], chunk: int = 4096) -> torch.Tensor:
+        """``parts`` (each ``[n_i, d]``) one after the other, as a new stored tensor, copied in chunks."""
+        out, offset = self.empty(sum(len(p) for p in parts), parts[0].shape[-1]), 0
+        for p in parts:
+            for i in range(0, len(p), chunk):
+                rows = p[i:i + chunk]
+                out[offset:offset + len(rows)] = rows
+                offset += len(rows)
+        return out
 
 
 @dataclass
@@ -77,14 +134,17 @@ class Engine:
         adapter: the network's adapter (``cv.as_adapter(model)``).
         task: the task, used only to resolve token positions.
         batch_size: rows per forward.
+        max_memory_gb: how much captured activation data stays in memory; past it the rest goes to
+            memory-mapped files (``ActivationStore``); ``None``: no bound.
     """
 
-    def __init__(self, adapter: Adapter, task, batch_size: int = 64):
+    def __init__(self, adapter: Adapter, task, batch_size: int = 64, max_memory_gb: float | None = 4.0):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.adapter = adapter
         self.task = task
         self.batch_size = batch_size
+        self.store = ActivationStore(max_memory_gb)
 
     def _chunks(self, n: int) -> list[slice]:
         return [slice(i, min(i + self.batch_size, n)) for i in range(0, n, self.batch_size)]
@@ -96,12 +156,13 @@ class Engine:
     # ------------------------------------------------------------------ plain runs
     @torch.no_grad()
     def capture(self, batch: Batch, sites: Sequence[Site]) -> tuple[torch.Tensor, dict[Site, torch.Tensor]]:
-        """One forward per chunk: the network's logits ``[n, C]`` and every site's activation ``[n, d]``."""
+        """One forward per chunk: the network's logits ``[n, C]`` and every site's activation ``[n, d]``
+        (written chunk by chunk into tensors from ``self.store``)."""
         by_path: dict[tuple[str, str], list[Site]] = {}
         for s in sites:
             by_path.setdefault((self.adapter.module_path(s), s.component), []).append(s)
         pos = {s: self.positions(batch, s) for s in sites}
-        logits, acts = [], {s: [] for s in sites}
+        logits, acts = [], {}
         for chunk in self._chunks(len(batch)):
             seen: dict[tuple[str, str], torch.Tensor] = {}
             handles = []
@@ -121,8 +182,11 @@ class Engine:
             for key, group in by_path.items():
                 for s in group:
                     p = None if pos[s] is None else pos[s][chunk]
-                    acts[s].append(_gather(seen[key], p).float().cpu())
-        return torch.cat(logits), {s: torch.cat(v) for s, v in acts.items()}
+                    h = _gather(seen[key], p)
+                    if s not in acts:
+                        acts[s] = self.store.empty(len(batch), h.shape[-1])
+                    acts[s][chunk] = h.float().cpu()
+        return torch.cat(logits), acts
 
     # ------------------------------------------------------------------ interventions
     @torch.no_grad()

@@ -32,7 +32,7 @@ def localize(model, task, variable: str | Sequence[str], featurizer: Featurizer 
              epochs: int = 3, lr: float = 1e-2, val_fraction: float = 0.2, patience: int = 3,
              filter_correct: bool = True,
              changes_output: bool = False, component: str = "output", out: str | Path | None = None,
-             progress: bool = True) -> Results:
+             progress: bool = True, max_memory_gb: float | None = 4.0) -> Results:
     """Localize ``variable`` (one or several) with ``featurizer`` (one or several) at every
     ``layers`` × ``positions`` cell, and score each on held-out pairs by the task's metric (IIA;
     tasks with real-valued outputs name theirs, e.g. the squared error of IOI's logit difference).
@@ -55,6 +55,8 @@ def localize(model, task, variable: str | Sequence[str], featurizer: Featurizer 
         changes_output: generate only pairs whose interchange changes the high-level output.
         out: a folder; every finished cell is appended to ``out/cells.jsonl`` and a rerun with the
             same settings resumes where it stopped; the final results are saved there.
+        max_memory_gb: captured activations kept in memory; the rest goes to memory-mapped files
+            (``None``: no bound).
     Returns: ``Results`` (``.table``, ``.heatmap(path)``, ``.save(dir)``).
     """
     adapter = as_adapter(model)
@@ -82,7 +84,7 @@ def localize(model, task, variable: str | Sequence[str], featurizer: Featurizer 
             "filter_correct": filter_correct, "component": component,
             "metric": task.metric, "lower_is_better": task.lower_is_better, "data": {}}
     done = _resume(out, meta)
-    engine = Engine(adapter, task, batch_size=batch_size)
+    engine = Engine(adapter, task, batch_size=batch_size, max_memory_gb=max_memory_gb)
     results = Results(meta=meta)
     total = len(variables) * len(feats) * len(sites)
     bar = tqdm(total=total, desc="localize", disable=not progress)
@@ -106,7 +108,7 @@ def localize(model, task, variable: str | Sequence[str], featurizer: Featurizer 
                                        filter_correct=filter_correct)
             parts.append(split)
             meta["data"][f"{v}/{ds.name}"] = kept.report
-        tr, val = Split.concat([p[0] for p in parts]), Split.concat([p[1] for p in parts])
+        tr, val = Split.concat([p[0] for p in parts], engine.store), Split.concat([p[1] for p in parts], engine.store)
         tests = {ds.name: p[2] for ds, p in zip(datasets, parts)}
         for f in feats:
             for s in sites:

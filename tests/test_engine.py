@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import causalvar as cv
+from causalvar.engine import ActivationStore
 from causalvar.models.base import Batch
 from causalvar.pyvene_bridge import pyvene_logits
 from featurizers import DAS, Neurons
@@ -222,3 +223,29 @@ def test_bfloat16_model_with_float32_featurizer(tokenizer):
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
     assert (out.argmax(-1) == engine.run(prepared, site, Neurons(), acts[site]).argmax(-1)).float().mean() >= 0.75
     torch.testing.assert_close(engine.run(prepared, site, Neurons(), base_acts[site]), base_logits, atol=0, rtol=0)
+
+
+def test_activation_store_bound_spills_to_files_and_frees_memory(tmp_path):
+    store = ActivationStore(max_memory_gb=100 / 2**30, folder=tmp_path)  # room for 100 bytes
+    a = store.empty(5, 4)  # 80 bytes: in memory
+    b = store.empty(5, 4)  # past the bound: a memory-mapped file
+    assert (store.memory_bytes, store.disk_bytes) == (80, 80) and len(list(tmp_path.iterdir())) == 1
+    b[2] = torch.arange(4.0)
+    assert b.sum() == 6 and store.take(b, torch.tensor([2, 0])).tolist() == [[0, 1, 2, 3], [0, 0, 0, 0]]
+    del a
+    assert store.memory_bytes == 0 and store.cat([b, b]).shape == (10, 4)  # freed memory is given back
+    with pytest.raises(ValueError, match="max_memory_gb"):
+        ActivationStore(-1)
+
+
+def test_sweeps_on_disk_activations_give_identical_tables(tokenizer, equality):
+    adapter = cv.HFModel(make_lm("llama", len(tokenizer)), tokenizer)
+    kw = dict(layers=[0, 2], positions=["io", "last"], n_train=0, n_test=24, filter_correct=False, progress=False)
+    in_memory = cv.localize(adapter, prompt_task(adapter), "io", Neurons(), **kw)
+    on_disk = cv.localize(adapter, prompt_task(adapter), "io", Neurons(), max_memory_gb=0, **kw)
+    assert in_memory.table.equals(on_disk.table)
+    task, mlp = equality  # trained featurizers read their sources chunk by chunk from the files
+    kw = dict(layers=[0], n_train=300, n_test=100, epochs=2, progress=False)
+    in_memory = cv.localize(mlp, task, "left", DAS(dim=4), **kw)
+    on_disk = cv.localize(mlp, task, "left", DAS(dim=4), max_memory_gb=0, **kw)
+    assert in_memory.table.equals(on_disk.table)
