@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench bench-mib clean
 
 install: $(STAMP)
 
@@ -27,6 +27,9 @@ test-fast: install
 
 bench: install
 	$(BIN)/python benchmarks/run_all.py
+
+bench-mib: install
+	$(BIN)/python benchmarks/bench_mib.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -72,17 +72,18 @@ def build_splits(engine: Engine, data: CounterfactualDataset, sites: Sequence[Si
     bases, sources = task.encode(data.bases), task.encode(data.sources)
     for s in sites:  # unknown positions fail here, before any forward
         engine.positions(bases, s), engine.positions(sources, s)
-    base_logits, base_acts = engine.capture(bases, sites)
-    src_logits, src_acts = engine.capture(sources, sites)
+    # one pass per side: the sites, and what the filter judges (logits, or the greedily decoded answer)
+    decode = task.generates and filter_correct
+    base_out, base_acts = engine.capture(bases, sites, task.n_answer_tokens(data.base_labels) if decode else None)
+    src_out, src_acts = engine.capture(sources, sites, task.n_answer_tokens(data.source_labels) if decode else None)
     if filter_correct:
-        keep = _correct(engine, bases, base_logits, data.base_labels) & \
-            _correct(engine, sources, src_logits, data.source_labels)
+        keep = _correct(task, base_out, data.base_labels) & _correct(task, src_out, data.source_labels)
         data = data.filter(keep.tolist(), "network answers base and source correctly")
         if len(data) == 0:
             raise ValueError(f"no pair is left for variable '{data.variable}': the network answers no "
                              "pair correctly on both base and source; check the task's prompts and answers")
     else:
-        keep = torch.ones(len(base_logits), dtype=torch.bool)
+        keep = torch.ones(len(base_out), dtype=torch.bool)
     kept = keep.nonzero().flatten()
     order = kept[torch.randperm(len(kept), generator=torch.Generator().manual_seed(seed))]
     sizes = [int(round(p * len(order))) if isinstance(p, float) else p for p in n_parts]
@@ -114,14 +115,11 @@ def build_splits(engine: Engine, data: CounterfactualDataset, sites: Sequence[Si
     return splits, data
 
 
-def _correct(engine: Engine, batch, logits: torch.Tensor | None, values: list) -> torch.Tensor:
-    """Bool ``[n]``: does the network, unintervened, give each expected value (by the task's checker:
-    ``logits: [n, C]`` of the plain forward, or greedy decoding for tasks that generate)?"""
-    task = engine.task
-    if not task.generates:
-        return task.correct(logits, values)
-    tokens = engine.generate(engine.prepare(batch, []), task.n_answer_tokens(values))
-    return task.correct_tokens(tokens, values)
+def _correct(task, out: torch.Tensor, values: list) -> torch.Tensor:
+    """Bool ``[n]``: does the network, unintervened, give each expected value by the task's checker?
+    ``out``: the logits ``[n, C]`` of a plain forward, or greedily decoded ids ``[n, L]`` for tasks that
+    generate (``Engine.capture(..., n_tokens)``)."""
+    return task.correct_tokens(out, values) if task.generates else task.correct(out, values)
 
 
 def fit_activations(featurizer: Featurizer, split: Split, site: Site) -> None:

@@ -23,10 +23,9 @@ def task_accuracy(lm, task, n: int = 256, seed: int = 0, batch_size: int = 64) -
     cm = task.causal_model
     settings = cm.sample(n, seed=seed)
     labels = [cm.run(s)[cm.output] for s in settings]
-    engine = Engine(lm, task, batch_size=batch_size)
-    batch = task.encode(settings)
-    logits = None if task.generates else engine.capture(batch, [])[0]
-    return float(_correct(engine, batch, logits, labels).float().mean())
+    n_tokens = task.n_answer_tokens(labels) if task.generates else None
+    out, _ = Engine(lm, task, batch_size=batch_size).capture(task.encode(settings), [], n_tokens)
+    return float(_correct(task, out, labels).float().mean())
 
 
 def demo(args) -> int:

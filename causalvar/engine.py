@@ -155,9 +155,11 @@ class Engine:
 
     # ------------------------------------------------------------------ plain runs
     @torch.no_grad()
-    def capture(self, batch: Batch, sites: Sequence[Site]) -> tuple[torch.Tensor, dict[Site, torch.Tensor]]:
-        """One forward per chunk: the network's logits ``[n, C]`` and every site's activation ``[n, d]``
-        (written chunk by chunk into tensors from ``self.store``)."""
+    def capture(self, batch: Batch, sites: Sequence[Site], n_tokens: int | None = None,
+                ) -> tuple[torch.Tensor, dict[Site, torch.Tensor]]:
+        """One forward per chunk: the network's logits ``[n, C]`` — or, with ``n_tokens``, that many
+        greedily decoded token ids ``[n, n_tokens]``, the sites read during the prompt pass — and every
+        site's activation ``[n, d]`` (written chunk by chunk into tensors from ``self.store``)."""
         by_path: dict[tuple[str, str], list[Site]] = {}
         for s in sites:
             by_path.setdefault((self.adapter.module_path(s), s.component), []).append(s)
@@ -174,11 +176,18 @@ class Engine:
                 else:
                     hook = (lambda key: lambda m, a, kw: seen.__setitem__(key, a[0] if a else kw["hidden_states"]))((path, comp))
                     handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
-            try:
-                logits.append(self.adapter.forward(batch.select(chunk).to(self.adapter.device)).float().cpu())
-            finally:
+            rows = batch.select(chunk).to(self.adapter.device)
+
+            def remove():  # the hooks read the prompt pass only
                 for h in handles:
                     h.remove()
+            try:
+                if n_tokens is None:
+                    logits.append(self.adapter.forward(rows).float().cpu())
+                else:
+                    logits.append(self.adapter.generate(rows, n_tokens, after_prompt=remove).cpu())
+            finally:
+                remove()
             for key, group in by_path.items():
                 for s in group:
                     p = None if pos[s] is None else pos[s][chunk]

@@ -185,6 +185,18 @@ def test_intervened_generation_equals_recomputing_the_whole_sequence(tiny_lm, to
     assert swapped[:, 0].tolist() == engine.generate(engine.prepare(sources, []), 1)[:, 0].tolist(), family
 
 
+def test_capture_while_decoding_reads_the_prompt_pass(tiny_lm, tokenizer):
+    family, model = tiny_lm
+    adapter, task, ds, engine, bases, _ = _setup(model, tokenizer, n=6)
+    sites = _sites(adapter)
+    logits, acts = engine.capture(bases, sites)
+    tokens, during = engine.capture(bases, sites, n_tokens=3)
+    assert tokens.tolist() == engine.generate(engine.prepare(bases, []), 3).tolist()
+    assert tokens[:, 0].tolist() == logits.argmax(-1).tolist()
+    for s in sites:
+        torch.testing.assert_close(during[s], acts[s], atol=1e-5, rtol=1e-5)
+
+
 def test_greedy_checker_judges_whole_answers(tokenizer):
     model = make_lm("llama", len(tokenizer))
     adapter = cv.HFModel(model, tokenizer)

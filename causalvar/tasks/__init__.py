@@ -4,10 +4,10 @@ from .equality import equality_mlp, hierarchical_equality
 from .ioi import ioi, ioi_logit_diff
 from .mcqa import mcqa
 from .mlp import mlp, train_mlp
-from .ravel import ravel
+from .ravel import disentangle, ravel
 
 #: built-in language-model tasks by name: ``name -> factory(lm) -> PromptTask``
 REGISTRY = {"ioi": ioi, "ioi_logit_diff": ioi_logit_diff, "mcqa": mcqa, "arithmetic": arithmetic, "ravel": ravel}
 
-__all__ = ["hierarchical_equality", "equality_mlp", "ioi", "ioi_logit_diff", "mcqa", "arithmetic", "ravel", "mlp",
-           "train_mlp", "REGISTRY"]
+__all__ = ["hierarchical_equality", "equality_mlp", "ioi", "ioi_logit_diff", "mcqa", "arithmetic", "ravel",
+           "disentangle", "mlp", "train_mlp", "REGISTRY"]
