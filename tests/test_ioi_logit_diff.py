@@ -118,7 +118,8 @@ def test_smollm_logit_difference_fit_and_sweep(smollm):
     task = cv.tasks.ioi_logit_diff(smollm, n_fit=64)
     fit = task.fit
     assert min(fit["n"].values()) >= 60  # SmolLM2 answers nearly every IOI prompt (filtering keeps them)
-    assert fit["r2"] > 0.5 and fit["token_coeff"] > 1.0 and fit["bias"] > 1.0
+    # the default site (s2 at 60% depth) carries both signals: measured c_tok 2.1, c_pos 3.5, R² 0.82
+    assert fit["r2"] > 0.7 and fit["token_coeff"] > 1.0 and fit["position_coeff"] > 1.0
     res = cv.localize(smollm, task, "output_token", Neurons(), layers=[2, 28], positions=["last"],
                       n_train=0, n_test=32, progress=False)
     mse = res.table.groupby("layer")["mse"].mean()
