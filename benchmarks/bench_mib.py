@@ -48,14 +48,14 @@ def parser():
     p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated built-in tasks")
     p.add_argument("--variables", default=None, help="keep only these variables (names other tasks lack are ignored)")
     p.add_argument("--layers", default="0:30:4", help="a range 0:30:4 (8 layers), a list 0,5,29, or all")
-    p.add_argument("--n-train", type=int, default=32, help="training pairs per counterfactual set (DAS, DBM)")
-    p.add_argument("--n-test", type=int, default=32, help="test pairs per counterfactual set")
+    p.add_argument("--n-train", type=int, default=128, help="training pairs per counterfactual set (DAS, DBM)")
+    p.add_argument("--n-test", type=int, default=64, help="test pairs per counterfactual set")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--dim", type=int, default=16, help="DAS subspace size (MIB: 16 for pointer and carry)")
     p.add_argument("--n-accuracy", type=int, default=256, help="prompts for the model's task accuracy")
     p.add_argument("--table", action="store_true", help="print the Markdown table of the JSON files and exit")
-    p.set_defaults(out=str(OUT))  # here a folder: <task>.json, .csv, .png and runs/<task>/
+    p.set_defaults(out=str(OUT), batch_size=32)  # out is a folder here: <task>.json, .csv, .png, runs/<task>/
     return p
 
 
