@@ -11,7 +11,7 @@ logit-difference task's squared error), the sizes and the timing; plus ``<task>.
 and ``<task>.csv`` (the table). ``--table`` prints the Markdown score table of every task's JSON.
 
     python benchmarks/bench_mib.py                      # every task, the sizes below
-    python benchmarks/bench_mib.py --tasks mcqa,ravel --layers 0:30:4 --n-train 64 --n-test 64
+    python benchmarks/bench_mib.py --tasks mcqa,ravel --variables answer,Country --n-train 128
     python benchmarks/bench_mib.py --table              # the README's table from the JSON files
 """
 from __future__ import annotations
@@ -42,17 +42,23 @@ TASKS = {
     "ravel": (["Country", "Continent", "Language"], ["entity_last_token", "last_token"]),
 }
 
+#: MIB's DAS subspace size per variable, as a function of the hidden size d: 32 for IOI, 16 for the
+#: answer pointer and the carry, d/2 for MCQA's answer, and d/8 for RAVEL (288 of Gemma-2-2B's 2304)
+DAS_DIM = {"output_token": lambda d: 32, "output_position": lambda d: 32, "answer_pointer": lambda d: 16,
+           "answer": lambda d: d // 2, "ones_carry": lambda d: 16, "Country": lambda d: d // 8,
+           "Continent": lambda d: d // 8, "Language": lambda d: d // 8}
+
 
 def parser():
     p = base_parser(__doc__.split("\n\n")[0])
     p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated built-in tasks")
     p.add_argument("--variables", default=None, help="keep only these variables (names other tasks lack are ignored)")
-    p.add_argument("--layers", default="0:30:4", help="a range 0:30:4 (8 layers), a list 0,5,29, or all")
-    p.add_argument("--n-train", type=int, default=128, help="training pairs per counterfactual set (DAS, DBM)")
-    p.add_argument("--n-test", type=int, default=64, help="test pairs per counterfactual set")
+    p.add_argument("--layers", default="0:29:4", help="a range 0:29:4 (8 layers), a list 0,5,29, or all")
+    p.add_argument("--n-train", type=int, default=64, help="training pairs per counterfactual set (DAS, DBM)")
+    p.add_argument("--n-test", type=int, default=48, help="test pairs per counterfactual set")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--lr", type=float, default=1e-2)
-    p.add_argument("--dim", type=int, default=16, help="DAS subspace size (MIB: 16 for pointer and carry)")
+    p.add_argument("--dim", type=int, default=None, help="DAS subspace size for every variable (default: MIB's, DAS_DIM)")
     p.add_argument("--n-accuracy", type=int, default=256, help="prompts for the model's task accuracy")
     p.add_argument("--table", action="store_true", help="print the Markdown table of the JSON files and exit")
     p.set_defaults(out=str(OUT), batch_size=32)  # out is a folder here: <task>.json, .csv, .png, runs/<task>/
@@ -70,24 +76,30 @@ def run_task(lm, name: str, args, out: Path) -> dict:
     accuracy = task_accuracy(lm, task, n=args.n_accuracy, seed=args.seed)
     print(f"{name}: accuracy {accuracy:.3f} on {args.n_accuracy} prompts; {variables} at {len(layers)} layers x "
           f"{positions}", flush=True)
-    feats = [Neurons(), DAS(dim=args.dim), DBM(Neurons())]
-    res = cv.localize(lm, task, variables, feats, layers=layers, positions=positions, n_train=args.n_train,
-                      n_test=args.n_test, epochs=args.epochs, lr=args.lr, seed=args.seed,
-                      batch_size=args.batch_size, out=out / "runs" / name, progress=False)
+    res = cv.Results(meta={"metric": task.metric, "lower_is_better": task.lower_is_better, "data": {}})
+    featurizers = {}
+    for v in variables:  # one sweep per variable: DAS takes the variable's own size
+        feats = [Neurons(), DAS(dim=args.dim or DAS_DIM[v](lm.d_model)), DBM(Neurons())]
+        part = cv.localize(lm, task, v, feats, layers=layers, positions=positions, n_train=args.n_train,
+                           n_test=args.n_test, epochs=args.epochs, lr=args.lr, seed=args.seed,
+                           batch_size=args.batch_size, out=out / "runs" / name / v, progress=False)
+        res.rows += part.rows
+        res.meta["data"].update(part.meta["data"])
+        featurizers[v] = [f.name for f in feats]
     res.heatmap(out / f"{name}.png", title=f"{name} on SmolLM2-135M ({res.metric}, mean over sets)")
     res.table.to_csv(out / f"{name}.csv", index=False)
     scores = res.mib_score()
     print(scores.to_string(index=False), flush=True)
     return {"task": name, "metric": res.metric, "lower_is_better": res.lower_is_better,
             "accuracy": accuracy, "n_accuracy": args.n_accuracy, "variables": variables, "layers": layers,
-            "positions": positions, "featurizers": [f.name for f in feats],
+            "positions": positions, "featurizers": featurizers,
             "logit_diff_fit": getattr(task, "fit", None), "filtering": res.meta["data"],
             "scores": scores.to_dict("records"), "cells": res.rows, "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def table(out: Path = OUT) -> str:
     """The MIB scores of every ``<task>.json`` in ``out`` as one Markdown table, "mean (best)"."""
-    lines = ["| task | variable | metric | model accuracy | pairs kept / drawn | full vector | DAS | DBM |",
+    lines = ["| task | variable | metric | model accuracy | pairs kept / drawn | full vector | DAS (k) | DBM |",
              "|---|---|---|---|---|---|---|---|"]
     for name in TASKS:
         path = out / f"{name}.json"
@@ -102,10 +114,12 @@ def table(out: Path = OUT) -> str:
                     line = next(x for x in report if x.startswith("filter 'network answers"))
                     dropped, of = (int(t) for t in line.rsplit("dropped ", 1)[1].split(" of "))
                     kept, drawn = kept + of - dropped, drawn + of
-            cells = [by.get((v, f)) for f in doc["featurizers"]]
+            cells = [by.get((v, f)) for f in doc["featurizers"][v]]
             fmt = lambda s: "–" if s is None else f"{s['mean']:.2f} ({s['best']:.2f})"
+            k = doc["featurizers"][v][1].split("=")[1].rstrip(")")
+            scores = [fmt(cells[0]), f"{fmt(cells[1])} (k={k})", fmt(cells[2])]
             lines.append(f"| {name} | {v} | {doc['metric']}{' ↓' if doc['lower_is_better'] else ''} | "
-                         f"{doc['accuracy']:.2f} | {kept} / {drawn} | " + " | ".join(fmt(s) for s in cells) + " |")
+                         f"{doc['accuracy']:.2f} | {kept} / {drawn} | " + " | ".join(scores) + " |")
     return "\n".join(lines)
 
 
