@@ -99,7 +99,7 @@ def run_task(lm, name: str, args, out: Path) -> dict:
 
 def table(out: Path = OUT) -> str:
     """The MIB scores of every ``<task>.json`` in ``out`` as one Markdown table, "mean (best)"."""
-    lines = ["| task | variable | metric | model accuracy | pairs kept / drawn | full vector | DAS (k) | DBM |",
+    lines = ["| task | variable | metric | model accuracy | pairs kept / drawn | full vector | DAS | DBM |",
              "|---|---|---|---|---|---|---|---|"]
     for name in TASKS:
         path = out / f"{name}.json"
@@ -117,7 +117,7 @@ def table(out: Path = OUT) -> str:
             cells = [by.get((v, f)) for f in doc["featurizers"][v]]
             fmt = lambda s: "–" if s is None else f"{s['mean']:.2f} ({s['best']:.2f})"
             k = doc["featurizers"][v][1].split("=")[1].rstrip(")")
-            scores = [fmt(cells[0]), f"{fmt(cells[1])} (k={k})", fmt(cells[2])]
+            scores = [fmt(cells[0]), f"k={k}: {fmt(cells[1])}", fmt(cells[2])]
             lines.append(f"| {name} | {v} | {doc['metric']}{' ↓' if doc['lower_is_better'] else ''} | "
                          f"{doc['accuracy']:.2f} | {kept} / {drawn} | " + " | ".join(scores) + " |")
     return "\n".join(lines)

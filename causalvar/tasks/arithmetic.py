@@ -86,8 +86,11 @@ class ArithmeticTask(PromptTask):
 def arithmetic(lm) -> ArithmeticTask:
     """Two-digit addition for a causal LM adapter (``cv.load_model("smollm2-135m")``); multi-token
     answers, checker ``"greedy"`` (training uses the answer's first digit).
+
+    Measured: SmolLM2-135M-Instruct gets 0.445 of 256 sampled sums right (seed 0), so filtering on
+    correct base and source keeps about a fifth of the pairs.
     """
-    task = ArithmeticTask(lm, causal_model(), prompt=prompt, answer=str,
-                      positions={"op2_last": _op2_last}, checker="greedy", name="arithmetic")
+    task = ArithmeticTask(lm, causal_model(), prompt=prompt, answer=str, positions={"op2_last": _op2_last},
+                          checker="greedy", name="arithmetic")
     task.source_generators = {"random": None, "ones_carry": flip_carry}
     return task

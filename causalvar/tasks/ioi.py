@@ -86,7 +86,9 @@ def same(base: dict, rng: random.Random) -> dict:
 
 def ioi(lm) -> PromptTask:
     """The IOI task for a causal LM adapter (``cv.load_model("smollm2-135m")``). Token roles:
-    ``io`` (the IO's first mention), ``s1``, ``s2`` (the subject's two mentions), ``last``."""
+    ``io`` (the IO's first mention), ``s1``, ``s2`` (the subject's two mentions), ``last``.
+
+    Measured: SmolLM2-135M-Instruct answers 0.992 of 256 sampled prompts (seed 0)."""
     task = PromptTask(lm, causal_model(), prompt=prompt, answer=lambda name: " " + name,
                       positions={"io": word("output_token"), "s1": word("subject", 1), "s2": word("subject", 2)},
                       name="ioi")

@@ -104,6 +104,8 @@ SETS = {"answerPosition": answer_position, "randomLetter": random_letter,
 def mcqa(lm) -> PromptTask:
     """The copy-colours MCQA task for a causal LM adapter (``cv.load_model("smollm2-135m")``);
     single-token answers (the symbol, e.g. "H"), checker ``"token"``.
+
+    Measured: SmolLM2-135M-Instruct answers 0.969 of 256 sampled prompts (seed 0).
     """
     task = PromptTask(lm, causal_model(), prompt=prompt, answer=str,
                       positions={"correct_symbol": _symbol_char,

