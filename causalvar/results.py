@@ -88,7 +88,8 @@ class Results:
         t = self.table
         value = value or self.metric
         cmap = "viridis_r" if value == self.metric and self.lower_is_better else "viridis"
-        limits = dict(vmin=0, vmax=1) if value == "iia" else dict(vmin=t[value].min(), vmax=t[value].max())
+        shown = t.groupby(["variable", "featurizer", "layer", t["position"].astype(str)])[value].mean()  # per cell
+        limits = dict(vmin=0, vmax=1) if value == "iia" else dict(vmin=shown.min(), vmax=shown.max())
         feats = list(dict.fromkeys(t["featurizer"]))
         variables = list(dict.fromkeys(t["variable"]))
         layers = list(dict.fromkeys(t["layer"]))
