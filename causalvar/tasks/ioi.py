@@ -146,11 +146,20 @@ class LogitDiffTask(PromptTask):
     metric = "mse"
     lower_is_better = True
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._names: dict[str, int] = {}
+
+    def _name_id(self, name: str) -> int:
+        """The token id of `` name`` (cached: read at every training step)."""
+        if name not in self._names:
+            self._names[name] = self.tokenizer(" " + name, add_special_tokens=False)["input_ids"][0]
+        return self._names[name]
+
     def _diff(self, logits: torch.Tensor, values) -> torch.Tensor:
         """``logit(io) - logit(s)`` per row: ``logits: [n, vocab]`` -> ``[n]``."""
-        io = torch.tensor([self.answer_ids(v)[0] for v in values], device=logits.device)
-        s = torch.tensor([self.tokenizer(" " + v.s, add_special_tokens=False)["input_ids"][0] for v in values],
-                         device=logits.device)
+        io = torch.tensor([self._name_id(v.io) for v in values], device=logits.device)
+        s = torch.tensor([self._name_id(v.s) for v in values], device=logits.device)
         rows = torch.arange(len(values), device=logits.device)
         return logits[rows, io].float() - logits[rows, s].float()
 
