@@ -134,6 +134,15 @@ def main(argv=None) -> None:
     unknown = [n for n in names if n not in TASKS]
     if unknown:
         raise SystemExit(f"unknown tasks {unknown}; choose from {list(TASKS)}")
+    if args.variables:
+        known = {v for n in names for v in TASKS[n][0]}
+        unknown = [v for v in parse_list(args.variables) if v not in known]
+        if unknown:
+            raise SystemExit(f"--variables {unknown} belong to none of the tasks {names}; they have {sorted(known)}")
+        skipped = [n for n in names if not set(TASKS[n][0]) & set(parse_list(args.variables))]
+        if skipped:
+            print(f"skipping {skipped}: none of their variables is in --variables", flush=True)
+            names = [n for n in names if n not in skipped]
     lm, t_load = load_lm(args.model)
     print(f"model loaded in {t_load:.1f}s; {torch.get_num_threads()} threads", flush=True)
     for name in names:
