@@ -119,7 +119,7 @@ def warm_up_all(lm, task, ds, site, args) -> None:
 def main(argv=None) -> dict:
     args = parser().parse_args(argv)
     setup_threads(args.threads)
-    lm, t_load = load_lm(args.model)
+    lm, t_load = load_lm(args)
     task = cv.tasks.ioi(lm)
     d = lm.d_model
     layers = parse_layers(args.layers, lm.n_layers)

@@ -63,7 +63,7 @@ def child(args) -> dict:
     from featurizers import Neurons
 
     after_import = peak_rss_gb()
-    lm, t_load = load_lm(args.model)
+    lm, t_load = load_lm(args)
     after_load = peak_rss_gb()
     task = cv.tasks.ioi(lm)
     layers = parse_layers(args.layers, lm.n_layers)

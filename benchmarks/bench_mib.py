@@ -143,7 +143,7 @@ def main(argv=None) -> None:
         if skipped:
             print(f"skipping {skipped}: none of their variables is in --variables", flush=True)
             names = [n for n in names if n not in skipped]
-    lm, t_load = load_lm(args.model)
+    lm, t_load = load_lm(args)
     print(f"model loaded in {t_load:.1f}s; {torch.get_num_threads()} threads", flush=True)
     for name in names:
         payload = run_task(lm, name, args, out)

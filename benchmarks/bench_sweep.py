@@ -173,7 +173,7 @@ def cost(lm, engine, bases, prepared, acts, sites, repeats: int) -> dict:
 def main(argv=None) -> dict:
     args = parser().parse_args(argv)
     setup_threads(args.threads)
-    lm, t_load = load_lm(args.model)
+    lm, t_load = load_lm(args)
     task = cv.tasks.ioi(lm)
     layers = parse_layers(args.layers, lm.n_layers)
     positions = parse_list(args.positions)

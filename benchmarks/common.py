@@ -171,6 +171,8 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="dataset / initialisation / batch-order seed")
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads for both sides (default: torch's default)")
+    p.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="the model's dtype")
     p.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/<name>.json)")
     return p
 
@@ -183,13 +185,15 @@ def setup_threads(threads: int | None) -> None:
 _LM_CACHE: dict = {}
 
 
-def load_lm(name: str):
-    """``cv.load_model(name)`` once per process; returns ``(lm, seconds to load)``."""
+def load_lm(args):
+    """``cv.load_model(args.model)`` on ``args.device`` in ``args.dtype``, once per process; returns
+    ``(lm, seconds to load)``."""
     import causalvar as cv
 
-    if name not in _LM_CACHE:
-        _LM_CACHE[name] = timed(cv.load_model, name)
-    return _LM_CACHE[name]
+    key = (args.model, args.device, args.dtype)
+    if key not in _LM_CACHE:
+        _LM_CACHE[key] = timed(cv.load_model, args.model, dtype=getattr(torch, args.dtype), device=args.device)
+    return _LM_CACHE[key]
 
 
 def warm_up(lm, batch) -> None:

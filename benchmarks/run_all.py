@@ -36,12 +36,14 @@ def parser():
     p.add_argument("--variable", help="all scripts: output_token or output_position")
     p.add_argument("--batch-size", type=int, help="all scripts")
     p.add_argument("--threads", type=int, help="all scripts: torch.set_num_threads")
+    p.add_argument("--device", help="all scripts: cpu (default), cuda, ...")
+    p.add_argument("--dtype", help="all scripts: float32 (default) or bfloat16")
     p.add_argument("--out-dir", default=str(RESULTS), help="where the JSON files go")
     return p
 
 
 def script_args(name: str, args) -> list[str]:
-    common = ["layers", "variable", "batch_size", "threads"]
+    common = ["layers", "variable", "batch_size", "threads", "device", "dtype"]
     own = {"sweep": ["positions", "pairs", "repeats"], "memory": ["positions", "pairs"],
            "das": ["n_train", "n_test", "epochs", "dim"]}[name]
     out = []
