@@ -163,14 +163,17 @@ class LogitDiffTask(PromptTask):
         rows = torch.arange(len(values), device=logits.device)
         return logits[rows, io].float() - logits[rows, s].float()
 
+    def _squared_error(self, logits: torch.Tensor, values) -> torch.Tensor:
+        """``(logit(io) - logit(s) - predicted)²`` per row, ``[n]``, on the logits' device."""
+        want = torch.tensor([v.value for v in values], dtype=torch.float32, device=logits.device)
+        return (self._diff(logits, values) - want) ** 2
+
     def score(self, logits: torch.Tensor, values) -> torch.Tensor:
         """Squared error ``[n]`` of the logit difference against each row's prediction."""
-        want = torch.tensor([v.value for v in values], dtype=torch.float32)
-        return (self._diff(logits, values).cpu() - want) ** 2
+        return self._squared_error(logits, values).cpu()
 
     def loss(self, logits: torch.Tensor, values) -> torch.Tensor:
-        want = torch.tensor([v.value for v in values], dtype=torch.float32, device=logits.device)
-        return ((self._diff(logits, values) - want) ** 2).mean()
+        return self._squared_error(logits, values).mean()
 
 
 def _ld_task(lm, coefficients) -> LogitDiffTask:
