@@ -18,6 +18,10 @@ class ModelError(ValueError):
     """A network or a site that the adapter cannot handle, explained in the user's terms."""
 
 
+class FastPathWarning(UserWarning):
+    """A fast path (suffix execution, key/value reuse) cannot be used; results are the same, slower."""
+
+
 @dataclass
 class Batch:
     """A task's encoded examples.
@@ -72,6 +76,13 @@ class Adapter:
     module: nn.Module
     block_paths: list[str]
     supports_suffix: bool = False
+    #: for each fast path that is off, why (``fast_paths`` lists them all)
+    why_not: dict[str, str] = {}
+
+    @property
+    def fast_paths(self) -> dict[str, bool]:
+        """Which fast paths the adapter uses (``suffix``: run only the blocks after a site)."""
+        return {"suffix": self.supports_suffix}
 
     @property
     def n_layers(self) -> int:

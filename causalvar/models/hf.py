@@ -2,17 +2,27 @@
 from __future__ import annotations
 
 import inspect
+import warnings
 
 import torch
 from torch import nn
 
-from .base import Adapter, Batch, ModelError, unwrap
+from .base import Adapter, Batch, FastPathWarning, ModelError, unwrap
 
 # where each family keeps its decoder blocks and final norm, relative to ``model.base_model``
 _BLOCK_ATTRS = ("layers", "h", "blocks")
 _NORM_ATTRS = ("norm", "ln_f", "final_layernorm", "final_layer_norm")
 # attention implementations whose masks causalvar can build when HF passed none
 _MASK_KINDS = {"sdpa": "bool", "eager": "float"}
+# the keyword a decoder block / base model takes its key-value cache under: transformers >= 5.24 says
+# ``cache``, earlier releases ``past_key_values``
+_CACHE_KWARGS = ("cache", "past_key_values")
+
+
+def _cache_kwarg(fn) -> str | None:
+    """The name under which ``fn`` takes a key/value cache, or ``None``."""
+    params = inspect.signature(fn).parameters
+    return next((name for name in _CACHE_KWARGS if name in params), None)
 
 
 class _KVRecorder:
@@ -52,6 +62,8 @@ class HFModel(Adapter):
         tokenizer: its tokenizer; a pad token is set to EOS if it has none.
         padding_side: "left" or "right"; results do not depend on it (position ids follow the mask).
         reuse_kv: recompute only the positions from the intervened one on (exact; on by default).
+            Where the model cannot do it, the adapter warns once (``FastPathWarning``) and
+            ``fast_paths`` / ``why_not`` say why.
     """
 
     supports_suffix = True
@@ -80,9 +92,32 @@ class HFModel(Adapter):
         self._softcap = getattr(model.config, "final_logit_softcapping", None)
         self._signature = inspect.signature(self._blocks[0].forward)
         self._var_kw = next((p.name for p in self._signature.parameters.values() if p.kind is p.VAR_KEYWORD), None)
-        self._mask_kind = _MASK_KINDS.get(getattr(model.config, "_attn_implementation", None))
-        self.reuse_kv = reuse_kv and self._mask_kind is not None and "past_key_values" in self._signature.parameters
+        attn = getattr(model.config, "_attn_implementation", None)
+        self._mask_kind = _MASK_KINDS.get(attn)
+        self._cache_kw = _cache_kwarg(self._blocks[0].forward)  # blocks' name for the cache
+        self._base_cache_kw = _cache_kwarg(base.forward) or "past_key_values"
         self.block_paths = [f"{prefix}.{blocks_attr}.{i}" for i in range(len(self._blocks))]
+        self.why_not = {}
+        if not reuse_kv:
+            self.why_not["reuse_kv"] = "turned off by the caller (reuse_kv=False)"
+        elif self._mask_kind is None:
+            self.why_not["reuse_kv"] = (f"the attention implementation {attn!r} is not one whose mask causalvar "
+                                        f"can cut to the suffix ({sorted(_MASK_KINDS)})")
+        elif self._cache_kw is None:
+            self.why_not["reuse_kv"] = (f"{type(self._blocks[0]).__name__}.forward takes no key/value cache "
+                                        f"under any of the names {_CACHE_KWARGS}")
+        self.reuse_kv = "reuse_kv" not in self.why_not
+        if reuse_kv and not self.reuse_kv:
+            warnings.warn(f"{type(model).__name__}: key/value reuse is off, so every suffix run recomputes all "
+                          f"positions (slower, same numbers): {self.why_not['reuse_kv']}", FastPathWarning,
+                          stacklevel=2)
+
+    @property
+    def fast_paths(self) -> dict[str, bool]:
+        """Which fast paths this adapter uses: ``suffix`` (run only the blocks after a site) and
+        ``reuse_kv`` (reuse the base's keys and values before the intervened position); ``why_not``
+        gives the reason for each one that is off."""
+        return {"suffix": True, "reuse_kv": self.reuse_kv}
 
     @property
     def d_model(self) -> int:
@@ -109,13 +144,14 @@ class HFModel(Adapter):
         out = self._base(**batch.inputs, use_cache=True)
         if after_prompt is not None:
             after_prompt()
-        cache, rows = out.past_key_values, torch.arange(len(mask), device=mask.device)
+        cache = out.cache if hasattr(out, "cache") else out.past_key_values
+        rows = torch.arange(len(mask), device=mask.device)
         tokens = [self._logits(out.last_hidden_state, batch.read).argmax(-1)]
         next_pid = pids[rows, batch.read.to(mask.device)] + 1
         for _ in range(n_tokens - 1):
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
             out = self._base(input_ids=tokens[-1][:, None], attention_mask=mask, position_ids=next_pid[:, None],
-                             past_key_values=cache, use_cache=True)
+                             use_cache=True, **{self._base_cache_kw: cache})
             tokens.append(self._logits(out.last_hidden_state, torch.zeros_like(rows)).argmax(-1))
             next_pid = next_pid + 1
         return torch.stack(tokens, 1)
@@ -137,7 +173,7 @@ class HFModel(Adapter):
                     hidden[j] = h
                 calls[j] = call
                 if self.reuse_kv:
-                    return (h,), {**call, "past_key_values": recorder}
+                    return (h,), {**call, self._cache_kw: recorder}
             return hook
 
         def last_hook(module, args, output):
@@ -172,7 +208,7 @@ class HFModel(Adapter):
         hidden = hidden[:, p0:]
         for j in range(start, self.n_layers):
             call = self._suffix_call(state["calls"][j], p0, batch, j)
-            hidden = unwrap(self._blocks[j](hidden, **call, past_key_values=cache))
+            hidden = unwrap(self._blocks[j](hidden, **call, **{self._cache_kw: cache}))
         return self._logits(self._norm(hidden), batch.read - p0)
 
     def _suffix_call(self, call: dict, p0: int, batch: Batch, j: int) -> dict:
@@ -186,7 +222,8 @@ class HFModel(Adapter):
             out["position_ids"] = call["position_ids"][:, p0:]
         if call.get("cache_position") is not None:
             out["cache_position"] = call["cache_position"][p0:]
-        out.pop("past_key_values", None)
+        for name in _CACHE_KWARGS:
+            out.pop(name, None)
         return out
 
     def _full_mask(self, batch: Batch, j: int) -> torch.Tensor:
