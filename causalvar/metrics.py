@@ -62,6 +62,14 @@ def logit_diff(logits: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.
     return logits[rows, a] - logits[rows, b]
 
 
+def position_labels(positions):
+    """A table's ``position`` column as text labels: ``None`` (no sequence axis) reads "None" under
+    pandas 2 and 3 alike (pandas 3's ``astype(str)`` keeps ``None`` missing)."""
+    import pandas as pd
+
+    return positions.map(lambda p: "None" if p is None or (not isinstance(p, str) and pd.isna(p)) else str(p))
+
+
 def mib_aggregate(table, score: str = "iia", lower_is_better: bool = False):
     """MIB's causal-variable score per (variable, featurizer): average ``score`` over the
     counterfactual sets of each cell (layer × position), take the best position of each layer, then
@@ -72,7 +80,7 @@ def mib_aggregate(table, score: str = "iia", lower_is_better: bool = False):
 
     if table.empty:
         raise ValueError("cannot aggregate an empty table")
-    t = table.assign(position=table["position"].astype(str))
+    t = table.assign(position=position_labels(table["position"]))
     unit = t.groupby(["variable", "featurizer", "layer", "position"], sort=False)[score].mean().reset_index()
     pick = "min" if lower_is_better else "max"
     per_layer = unit.groupby(["variable", "featurizer", "layer"], sort=False)[score].agg(pick).reset_index()

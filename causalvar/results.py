@@ -85,15 +85,18 @@ class Results:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
+        from .metrics import position_labels
+
         t = self.table
+        t = t.assign(position=position_labels(t["position"]))
         value = value or self.metric
         cmap = "viridis_r" if value == self.metric and self.lower_is_better else "viridis"
-        shown = t.groupby(["variable", "featurizer", "layer", t["position"].astype(str)])[value].mean()  # per cell
+        shown = t.groupby(["variable", "featurizer", "layer", "position"])[value].mean()  # per cell
         limits = dict(vmin=0, vmax=1) if value == "iia" else dict(vmin=shown.min(), vmax=shown.max())
         feats = list(dict.fromkeys(t["featurizer"]))
         variables = list(dict.fromkeys(t["variable"]))
         layers = list(dict.fromkeys(t["layer"]))
-        positions = list(dict.fromkeys(t["position"].astype(str)))
+        positions = list(dict.fromkeys(t["position"]))
         fig, axes = plt.subplots(len(feats), len(variables), squeeze=False,
                                  figsize=(1.2 + 1.1 * len(positions) * len(variables),
                                           1.0 + max(2.0, 0.32 * len(layers)) * len(feats)),
@@ -102,8 +105,7 @@ class Results:
             for j, v in enumerate(variables):
                 ax = axes[i][j]
                 sub = t[(t["featurizer"] == f) & (t["variable"] == v)]  # several sets: their mean
-                grid = (sub.assign(position=sub["position"].astype(str))
-                        .pivot_table(index="layer", columns="position", values=value, aggfunc="mean", sort=False)
+                grid = (sub.pivot_table(index="layer", columns="position", values=value, aggfunc="mean", sort=False)
                         .reindex(index=layers, columns=positions))
                 im = ax.imshow(grid.values, cmap=cmap, aspect="auto", origin="lower", **limits)
                 ax.set_xticks(range(len(positions)), positions, rotation=30, ha="right", fontsize=8)
