@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import inspect
 import json
+import numbers
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -106,6 +108,14 @@ class Featurizer(nn.Module):
 
         return fit(self, model, task, variable, site, data, **train_kwargs)
 
+    def _check_input(self, h: torch.Tensor) -> None:
+        """Refuse ``h: [..., d']`` whose last size is not the hidden size this featurizer was built for
+        (a no-op before ``build``); cheap enough to run on every call."""
+        if self.d is not None and h.shape[-1] != self.d:
+            raise FeaturizerError(
+                f"{self.name} was built for hidden size {self.d}, but got vectors of size {h.shape[-1]} "
+                f"(shape {tuple(h.shape)}); use featurizer.clone() for a site of another size")
+
     def check_ready(self, d: int) -> None:
         """Raise a clear error if this featurizer cannot act on hidden size ``d`` yet."""
         if self.learns_from_activations and not self.fitted:
@@ -132,6 +142,8 @@ class Featurizer(nn.Module):
 
     def interchange(self, h_base: torch.Tensor, h_source: torch.Tensor) -> torch.Tensor:
         """The featurized interchange: ``h_base, h_source: [..., d] -> [..., d]``."""
+        self._check_input(h_base)
+        self._check_input(h_source)
         f_b, e_b = self.encode(h_base)
         f_s, _ = self.encode(h_source)
         soft = self.soft_mask() if self.training else None
@@ -177,22 +189,18 @@ class Featurizer(nn.Module):
 
     @staticmethod
     def load(path: str | Path, d: int | None = None) -> "Featurizer":
-        """Load what ``save`` wrote. ``d``: the hidden size of the site it will act on; a mismatch
-        is refused with a clear message, as is a file whose tensors don't match its config."""
-        from safetensors.torch import load_file
-
+        """Load what ``save`` wrote, fitted state included, in eval mode (ready to be scored). ``d``: the
+        hidden size of the site it will act on; a mismatch is refused with a clear message, as are an
+        unreadable file and a file whose tensors don't match its config."""
         path = Path(path)
-        meta_file = path / "featurizer.json"
-        if not meta_file.exists():
-            raise FeaturizerError(f"{path} holds no featurizer.json; was it written by Featurizer.save?")
-        meta = json.loads(meta_file.read_text())
+        meta = _read_meta(path)
         if d is not None and meta["d"] != d:
             raise FeaturizerError(
                 f"the featurizer in {path} was fitted on hidden size {meta['d']}, but the site has size {d}")
         feat = _from_config(meta["class"], meta["config"])
         feat._load_extra_state(meta.get("extra") or {})
         feat.build(meta["d"])
-        tensors = load_file(str(path / "featurizer.safetensors"))
+        tensors = _read_tensors(path / "featurizer.safetensors")
         expected = feat.state_dict()
         for key, value in expected.items():
             if key not in tensors:
@@ -206,7 +214,7 @@ class Featurizer(nn.Module):
             raise FeaturizerError(f"{path}: unexpected tensors {unexpected} for {meta['class']}")
         feat.load_state_dict(tensors)
         feat.fitted = meta["fitted"]
-        return feat
+        return feat.eval()
 
     def _extra_state(self) -> dict:
         """JSON state beyond config and tensors (e.g. shapes a subclass must know before build)."""
@@ -214,6 +222,70 @@ class Featurizer(nn.Module):
 
     def _load_extra_state(self, extra: dict) -> None:
         """Inverse of ``_extra_state``, called before ``build``."""
+
+
+def _read_meta(path: Path) -> dict:
+    """``path/featurizer.json`` as a dict, refused clearly when absent, not JSON, or not one of ours."""
+    meta_file = path / "featurizer.json"
+    if not meta_file.exists():
+        raise FeaturizerError(f"{path} holds no featurizer.json; was it written by Featurizer.save?")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FeaturizerError(f"{meta_file} is not valid JSON ({e}); the file is corrupted, save the "
+                              "featurizer again") from e
+    missing = [k for k in ("class", "config", "d", "fitted") if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise FeaturizerError(f"{meta_file} lacks {missing}; it was not written by Featurizer.save")
+    return meta
+
+
+def _read_tensors(file: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors ``file``, refused clearly when absent or unreadable."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not file.exists():
+        raise FeaturizerError(f"{file} is missing; Featurizer.save writes it next to featurizer.json")
+    try:
+        return load_file(str(file))
+    except SafetensorError as e:
+        raise FeaturizerError(f"{file} is not a readable safetensors file ({e}); it is truncated or "
+                              "corrupted, save the featurizer again") from e
+
+
+def check_count(owner: str, arg: str, value, none: str | None = None) -> int | None:
+    """``value`` as a positive int (``None`` passes when ``none`` says what it means); otherwise a
+    FeaturizerError naming ``owner``'s argument, the value and what is expected."""
+    if value is None and none is not None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        alt = f" (or None for {none})" if none is not None else ""
+        raise FeaturizerError(f"{owner}: {arg} must be a positive int{alt}, got {value!r}")
+    return int(value)
+
+
+def check_indices(owner: str, arg: str, value, none: str) -> list[int] | None:
+    """``value`` (a list, range, tensor or array) as a list of non-negative ints (``None``: ``none``);
+    otherwise a FeaturizerError."""
+    if value is None:
+        return None
+    items = value.tolist() if hasattr(value, "tolist") else value
+    ok = isinstance(items, Sequence) and not isinstance(items, str) and all(
+        isinstance(i, numbers.Integral) and not isinstance(i, bool) and i >= 0 for i in items)
+    if not ok:
+        raise FeaturizerError(f"{owner}: {arg} must be a list of non-negative ints (or None for {none}), "
+                              f"got {value!r}")
+    return [int(i) for i in items]
+
+
+def check_temperature(owner: str, value) -> tuple[float, float]:
+    """``value`` as a (start, end) pair of positive numbers; otherwise a FeaturizerError."""
+    pair = tuple(value) if isinstance(value, Sequence) and not isinstance(value, str) else ()
+    if len(pair) != 2 or not all(isinstance(t, numbers.Real) and t > 0 for t in pair):
+        raise FeaturizerError(f"{owner}: temperature must be a (start, end) pair of positive numbers, "
+                              f"got {value!r}")
+    return float(pair[0]), float(pair[1])
 
 
 def _to_config(value):

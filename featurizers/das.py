@@ -1,13 +1,14 @@
 """Distributed alignment search: a learned orthonormal subspace (DAS) or a learned-size one (Boundless DAS)."""
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 from torch.nn.utils.parametrizations import orthogonal
 
-from .base import Featurizer, FeaturizerError
+from .base import Featurizer, FeaturizerError, check_count, check_temperature
 
 
 class DAS(Featurizer):
@@ -23,7 +24,7 @@ class DAS(Featurizer):
 
     def __init__(self, dim: int | None = None):
         super().__init__()
-        self.dim = None if dim is None else int(dim)
+        self.dim = check_count("DAS", "dim", dim, none="the full rotation")
 
     @property
     def name(self) -> str:
@@ -43,6 +44,7 @@ class DAS(Featurizer):
         return self.rotate.weight.T
 
     def encode(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check_input(h)
         R = self.R
         f = h @ R
         return f, h - f @ R.T
@@ -52,6 +54,8 @@ class DAS(Featurizer):
 
     def interchange(self, h_base: torch.Tensor, h_source: torch.Tensor) -> torch.Tensor:
         """The base class's interchange in closed form, ``h_b + (((h_s − h_b) R) ∘ M) Rᵀ``, computing R once."""
+        self._check_input(h_base)
+        self._check_input(h_source)
         R = self.R
         delta = (h_source - h_base) @ R
         m = self.soft_mask() if self.training else None
@@ -70,8 +74,11 @@ class BoundlessDAS(DAS):
 
     def __init__(self, init_boundary: float = 0.5, temperature: Sequence[float] = (50.0, 0.1)):
         super().__init__(dim=None)
+        if isinstance(init_boundary, bool) or not isinstance(init_boundary, numbers.Real) or not 0 < init_boundary <= 1:
+            raise FeaturizerError(f"BoundlessDAS: init_boundary must be a number in (0, 1] (the share of the "
+                                  f"rotated coordinates intervened at the start), got {init_boundary!r}")
         self.init_boundary = float(init_boundary)
-        self.temperature = tuple(float(t) for t in temperature)
+        self.temperature = check_temperature("BoundlessDAS", temperature)
         self.tau = self.temperature[0]
 
     @property

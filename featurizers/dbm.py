@@ -1,13 +1,14 @@
 """Desiderata-based masking (DBM): a learned mask over the features of any other featurizer."""
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from itertools import chain
 
 import torch
 from torch import nn
 
-from .base import Featurizer, FeaturizerError
+from .base import Featurizer, FeaturizerError, check_temperature
 
 
 class DBM(Featurizer):
@@ -29,11 +30,17 @@ class DBM(Featurizer):
 
     def __init__(self, featurizer: Featurizer, l1: float = 0.0, temperature: Sequence[float] = (1.0, 0.01)):
         super().__init__()
+        if isinstance(featurizer, type) and issubclass(featurizer, Featurizer):
+            raise FeaturizerError(f"DBM wraps a featurizer instance, got the class {featurizer.__name__}; "
+                                  f"write DBM({featurizer.__name__}())")
         if not isinstance(featurizer, Featurizer):
-            raise FeaturizerError(f"DBM wraps a Featurizer, got {type(featurizer).__name__}")
+            raise FeaturizerError(f"DBM wraps a Featurizer instance (e.g. DBM(Neurons()), DBM(PCA())), got "
+                                  f"{featurizer!r} of type {type(featurizer).__name__}")
+        if not isinstance(l1, numbers.Real) or not l1 >= 0:
+            raise FeaturizerError(f"DBM: l1 must be a number >= 0 (the weight of the mask's L1 penalty), got {l1!r}")
         self.featurizer = featurizer
         self.l1 = float(l1)
-        self.temperature = tuple(float(t) for t in temperature)
+        self.temperature = check_temperature("DBM", temperature)
         self.tau = self.temperature[0]
         self.learns_from_activations = featurizer.learns_from_activations
         self.fitted = featurizer.fitted
@@ -68,6 +75,7 @@ class DBM(Featurizer):
         return self
 
     def encode(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check_input(h)
         return self.featurizer.encode(h)
 
     def decode(self, f: torch.Tensor, err: torch.Tensor) -> torch.Tensor:

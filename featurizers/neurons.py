@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .base import Featurizer, FeaturizerError
+from .base import Featurizer, FeaturizerError, check_indices
 
 
 class Neurons(Featurizer):
@@ -18,7 +18,7 @@ class Neurons(Featurizer):
 
     def __init__(self, dims: Sequence[int] | None = None):
         super().__init__()
-        self.dims = None if dims is None else [int(i) for i in dims]
+        self.dims = check_indices("Neurons", "dims", dims, none="the full vector")
 
     @property
     def name(self) -> str:
@@ -48,6 +48,7 @@ class Neurons(Featurizer):
         self.register_buffer("_mask", mask, persistent=False)
 
     def encode(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check_input(h)
         return h, torch.zeros_like(h)
 
     def decode(self, f: torch.Tensor, err: torch.Tensor) -> torch.Tensor:
@@ -58,4 +59,6 @@ class Neurons(Featurizer):
 
     def interchange(self, h_base: torch.Tensor, h_source: torch.Tensor) -> torch.Tensor:
         # exact: no arithmetic on the kept coordinates
+        self._check_input(h_base)
+        self._check_input(h_source)
         return h_source if self.dims is None else torch.where(self._mask, h_source, h_base)

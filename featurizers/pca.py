@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Featurizer, FeaturizerError
+from .base import Featurizer, FeaturizerError, check_count
 
 
 class PCA(Featurizer):
@@ -20,7 +20,7 @@ class PCA(Featurizer):
 
     def __init__(self, n_components: int | None = None, standardize: bool = False):
         super().__init__()
-        self.n_components = None if n_components is None else int(n_components)
+        self.n_components = check_count("PCA", "n_components", n_components, none="all components")
         self.standardize = bool(standardize)
 
     @property
@@ -57,6 +57,7 @@ class PCA(Featurizer):
         return self
 
     def encode(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check_input(h)
         f = ((h - self.mean) / self.scale) @ self.basis.T
         return f, h - self.decode(f, torch.zeros_like(h))
 

@@ -8,7 +8,7 @@ from tempfile import TemporaryDirectory
 
 import torch
 
-from .base import Featurizer, FeaturizerError
+from .base import Featurizer, FeaturizerError, check_count, check_indices
 
 
 class SAE(Featurizer):
@@ -37,11 +37,14 @@ class SAE(Featurizer):
             raise FeaturizerError("give an SAE by one of sae=, path= or release=/sae_id=, not several")
         if (release is None) != (sae_id is None):
             raise FeaturizerError("release= and sae_id= go together")
-        self.d_sae, self.k, self.architecture = d_sae, k, architecture
-        self.release, self.sae_id = release, sae_id
+        self.d_sae = check_count("SAE", "d_sae", d_sae, none="4 × the hidden size")
+        self.k = check_count("SAE", "k", k, none="no top-k: a standard SAE with an L1 penalty")
+        self.architecture, self.release, self.sae_id = architecture, release, sae_id
         self.path = None if path is None else str(path)
-        self.dims = None if dims is None else [int(i) for i in dims]
-        self.train_tokens, self.batch_size, self.lr = int(train_tokens), int(batch_size), float(lr)
+        self.dims = check_indices("SAE", "dims", dims, none="all latents")
+        self.train_tokens = check_count("SAE", "train_tokens", train_tokens)
+        self.batch_size = check_count("SAE", "batch_size", batch_size)
+        self.lr = float(lr)
         self.l1_coefficient = float(l1_coefficient)
         self._given = sae is not None
         self.learns_from_activations = sae is None and release is None and path is None
@@ -124,6 +127,7 @@ class SAE(Featurizer):
         return self
 
     def encode(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check_input(h)
         f = self.sae.encode(h)
         return f, h - self.sae.decode(f)
 

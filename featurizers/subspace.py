@@ -5,7 +5,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .base import Featurizer, FeaturizerError
+from .base import Featurizer, FeaturizerError, check_count, check_indices
 
 
 class Subspace(Featurizer):
@@ -19,8 +19,8 @@ class Subspace(Featurizer):
 
     def __init__(self, k: int, dims: Sequence[int] | None = None):
         super().__init__()
-        self.k = int(k)
-        self.dims = None if dims is None else [int(i) for i in dims]
+        self.k = check_count("Subspace", "k", k)
+        self.dims = check_indices("Subspace", "dims", dims, none="all k features")
 
     @classmethod
     def from_matrix(cls, R: torch.Tensor, dims: Sequence[int] | None = None) -> "Subspace":
@@ -51,6 +51,7 @@ class Subspace(Featurizer):
         self.register_buffer("_mask", mask, persistent=False)
 
     def encode(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check_input(h)
         f = h @ self.R
         return f, h - f @ self.R.T
 

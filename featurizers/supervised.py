@@ -56,6 +56,7 @@ class SupervisedDictionary(Featurizer):
         return self
 
     def encode(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check_input(h)
         f = (h - self.mean) @ self.pinv
         return f, h - self.decode(f, torch.zeros_like(h))
 
