@@ -9,11 +9,17 @@ aligned with the model must reproduce.
 from __future__ import annotations
 
 import inspect
+import itertools
+import math
 import random
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 Setting = dict[str, Any]
+
+#: the most input combinations enumerated to learn the values a mechanism takes (beyond it,
+#: interventions on that mechanism are not checked)
+MAX_ENUMERATION = 100_000
 
 
 class CausalModelError(ValueError):
@@ -67,6 +73,7 @@ class CausalModel:
         self.variables: tuple[str, ...] = tuple(self.inputs) + self._mechanism_order()
         self.output: str = self._find_output(output)
         self.sampler = sampler
+        self._value_sets: dict[str, frozenset | None] = {}  # mechanism -> the values it takes (lazy)
 
     def _mechanism_order(self) -> tuple[str, ...]:
         """Mechanisms in topological order (declaration order where free); raise on a cycle."""
@@ -121,6 +128,8 @@ class CausalModel:
         intervene = dict(intervene or {})
         self._check_known(intervene, "intervention on")
         values: Setting = {}
+        for name in intervene:
+            self._check_intervention(name, intervene[name])
         for name in self.variables:
             if name in intervene:
                 values[name] = intervene[name]
@@ -147,6 +156,9 @@ class CausalModel:
             The full setting of the intervened run on ``base``.
         """
         self._check_known(sources, "interchange of")
+        for var, src in sources.items():
+            self._check_complete(src, f"the source setting for {var!r}")
+        self._check_complete(base, "the base setting", exempt=sources)
         return self.run(base, intervene={var: self.run(src)[var] for var, src in sources.items()})
 
     def draw(self, rng: random.Random) -> Setting:
@@ -173,16 +185,68 @@ class CausalModel:
         rng = random.Random(seed)
         return [self.draw(rng) for _ in range(n)]
 
-    def _checked(self, name: str, value: Any) -> Any:
+    def _checked(self, name: str, value: Any, action: str = "input") -> Any:
         try:  # a set lookup for hashable domains (large domains stay fast); a scan otherwise
             inside = value in self._domain_sets[name] if name in self._domain_sets else value in self.inputs[name]
         except TypeError:
             inside = value in self.inputs[name]
         if not inside:
-            domain = self.inputs[name]
-            shown = domain if len(domain) <= 20 else f"({', '.join(map(repr, domain[:10]))}, ... {len(domain)} values)"
-            raise CausalModelError(f"input {name!r} = {value!r} is outside its domain {shown}")
+            raise CausalModelError(f"{action} {name!r} = {value!r} is outside its domain {_shown(self.inputs[name])}")
         return value
+
+    def _check_intervention(self, name: str, value: Any) -> None:
+        """Refuse ``do(name = value)`` with a value the variable cannot take: outside an input's
+        domain, or outside the values a mechanism takes over its inputs' domains (when enumerable)."""
+        if name in self.inputs:
+            self._checked(name, value, "intervention on input")
+            return
+        if name not in self._value_sets:
+            self._value_sets[name] = self._enumerate(name)
+        allowed = self._value_sets[name]
+        if allowed is None:
+            return
+        try:
+            inside = value in allowed
+        except TypeError:  # an unhashable value is none of the (hashable) values
+            inside = False
+        if not inside:
+            raise CausalModelError(
+                f"intervention on {name!r} = {value!r} is outside the values {name!r} takes over its inputs' "
+                f"domains: {_shown(_sorted(allowed))}")
+
+    def _enumerate(self, name: str) -> frozenset | None:
+        """The values mechanism ``name`` takes over every combination of its ancestor inputs' values
+        (combinations on which a mechanism raises are impossible, so skipped); ``None`` when there are
+        more than ``MAX_ENUMERATION`` combinations or the values are unhashable."""
+        ancestors, stack = set(), [name]
+        while stack:
+            for parent in self.parents[stack.pop()]:
+                if parent not in ancestors:
+                    ancestors.add(parent)
+                    stack.append(parent)
+        inputs = [v for v in self.inputs if v in ancestors]
+        if math.prod(len(self.inputs[v]) for v in inputs) > MAX_ENUMERATION:
+            return None
+        order = [v for v in self.variables if v in self.mechanisms and (v in ancestors or v == name)]
+        seen = set()
+        for combo in itertools.product(*(self.inputs[v] for v in inputs)):
+            values = dict(zip(inputs, combo))
+            try:
+                for v in order:
+                    values[v] = self.mechanisms[v](*(values[p] for p in self.parents[v]))
+            except Exception:
+                continue  # a combination the mechanisms reject: not a value to allow
+            try:
+                seen.add(values[name])
+            except TypeError:  # unhashable values: not checked
+                return None
+        return frozenset(seen)
+
+    def _check_complete(self, setting: Mapping[str, Any], what: str, exempt: Iterable[str] = ()) -> None:
+        missing = [v for v in self.inputs if v not in setting and v not in exempt]
+        if missing:
+            raise CausalModelError(f"{what} is missing input(s) {missing}; every input is needed: "
+                                   f"{', '.join(self.inputs)}")
 
     def _check_known(self, names: Iterable[str], action: str) -> None:
         for name in names:
@@ -209,6 +273,19 @@ def _parameters(name: str, mechanism: Callable[..., Any]) -> tuple[str, ...]:
             "name each parent as an ordinary parameter"
         )
     return tuple(p.name for p in params)
+
+
+def _sorted(values: frozenset) -> tuple:
+    """``values`` in their natural order where they have one, else by their repr."""
+    try:
+        return tuple(sorted(values))
+    except TypeError:
+        return tuple(sorted(values, key=repr))
+
+
+def _shown(values: tuple) -> str:
+    """A domain for a message: whole when short, else its first ten values and its size."""
+    return repr(values) if len(values) <= 20 else f"({', '.join(map(repr, values[:10]))}, ... {len(values)} values)"
 
 
 def _names(names: list[str]) -> str:
