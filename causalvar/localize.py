@@ -1,7 +1,6 @@
 """The sweep: every (variable × featurizer × layer × position) cell, fitted and scored."""
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,7 +14,8 @@ from .counterfactuals import CounterfactualDataset
 from .engine import Engine
 from .metrics import score_row
 from .models import as_adapter
-from .results import Results, cell_key, featurizer_dir
+from .results import Results, featurizer_dir
+from .runstore import RunStore
 from .sites import Site
 from .train import train
 
@@ -83,7 +83,8 @@ def localize(model, task, variable: str | Sequence[str], featurizer: Featurizer 
             "n_train": n_train, "n_test": n_test, "seed": seed, "epochs": epochs, "lr": lr,
             "filter_correct": filter_correct, "component": component,
             "metric": task.metric, "lower_is_better": task.lower_is_better, "data": {}}
-    done = _resume(out, meta)
+    store = RunStore(out, {k: v for k, v in meta.items() if k != "data"}) if out is not None else None
+    done = store.done() if store else {}
     engine = Engine(adapter, task, batch_size=batch_size, max_memory_gb=max_memory_gb)
     results = Results(meta=meta)
     total = len(variables) * len(feats) * len(sites)
@@ -137,45 +138,11 @@ def localize(model, task, variable: str | Sequence[str], featurizer: Featurizer 
                     _, scores = evaluate(engine, te, s, cell)
                     rows.append({"variable": v, "featurizer": f.name, "layer": s.layer, "position": s.position,
                                  "dataset": name, **score_row(scores, task.metric), **info, **cell.summary()})
-                _checkpoint(out, rows, cell, key)
+                if store:
+                    store.write_cell(rows, cell, key)
                 results.rows += rows
                 bar.update(1)
     bar.close()
     if out is not None:
         results.save(out)
     return results
-
-
-def _resume(out, meta: dict) -> dict:
-    """Rows of cells already finished in ``out`` by a run with the same settings."""
-    if out is None:
-        return {}
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    settings = {k: v for k, v in meta.items() if k != "data"}
-    meta_file = out / "settings.json"
-    if meta_file.exists():
-        previous = json.loads(meta_file.read_text())
-        if previous != json.loads(json.dumps(settings, default=str)):
-            raise ValueError(f"{out} holds a sweep with other settings; use another folder or delete it.\n"
-                             f"there: {previous}\nnow: {settings}")
-    else:
-        meta_file.write_text(json.dumps(settings, indent=1, default=str))
-    done = {}
-    cells = out / "cells.jsonl"
-    if cells.exists():
-        for line in cells.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                done[cell_key(row)] = row
-    return done
-
-
-def _checkpoint(out, rows: list[dict], featurizer: Featurizer, key: tuple) -> None:
-    """Append a finished cell's rows to ``out/cells.jsonl`` and save its featurizer."""
-    if out is None:
-        return
-    if featurizer.has_state:
-        featurizer.save(Path(out) / featurizer_dir(*key))
-    with open(Path(out) / "cells.jsonl", "a") as fh:
-        fh.writelines(json.dumps(row, default=str) + "\n" for row in rows)

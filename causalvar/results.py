@@ -45,13 +45,17 @@ class Results:
 
     @property
     def columns(self) -> list[str]:
-        """The leading columns: ``COLUMNS`` with the metric in place of "iia"."""
-        return [self.metric if c == "iia" else c for c in COLUMNS]
+        """The leading columns: ``COLUMNS`` with the metric in place of "iia", followed by its no-effect
+        ``baseline`` where the rows carry one."""
+        cols = [self.metric if c == "iia" else c for c in COLUMNS]
+        if any("baseline" in row for row in self.rows):
+            cols.insert(cols.index(self.metric) + 1, "baseline")
+        return cols
 
     @property
     def table(self) -> pd.DataFrame:
-        """A DataFrame: variable, featurizer, layer, position, dataset, iia (or the task's metric), n,
-        ci_low, ci_high, ..."""
+        """A DataFrame: variable, featurizer, layer, position, dataset, iia (or the task's metric),
+        [baseline], n, ci_low, ci_high, ..."""
         df = pd.DataFrame(self.rows)
         if df.empty:
             return pd.DataFrame(columns=self.columns)
@@ -79,7 +83,8 @@ class Results:
     def heatmap(self, path: str | Path | None = None, value: str | None = None, title: str | None = None):
         """One figure: a grid of heatmaps (rows: featurizers, columns: variables), each layer × position,
         of ``value`` (default: the metric; the colour scale is flipped where lower is better, so bright
-        is always good). Saved to ``path`` (PNG/PDF) when given; returns the matplotlib figure."""
+        is always good). Each cell shows its score and, beneath it in parentheses, its no-effect baseline
+        when the rows carry one. Saved to ``path`` (PNG/PDF) when given; returns the matplotlib figure."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -91,6 +96,7 @@ class Results:
         t = t.assign(position=position_labels(t["position"]))
         value = value or self.metric
         cmap = "viridis_r" if value == self.metric and self.lower_is_better else "viridis"
+        baseline = value == self.metric and "baseline" in t.columns  # old result files have none
         shown = t.groupby(["variable", "featurizer", "layer", "position"])[value].mean()  # per cell
         limits = dict(vmin=0, vmax=1) if value == "iia" else dict(vmin=shown.min(), vmax=shown.max())
         feats = list(dict.fromkeys(t["featurizer"]))
@@ -105,17 +111,24 @@ class Results:
             for j, v in enumerate(variables):
                 ax = axes[i][j]
                 sub = t[(t["featurizer"] == f) & (t["variable"] == v)]  # several sets: their mean
-                grid = (sub.pivot_table(index="layer", columns="position", values=value, aggfunc="mean", sort=False)
-                        .reindex(index=layers, columns=positions))
+                grids = {col: sub.pivot_table(index="layer", columns="position", values=col, aggfunc="mean",
+                                              sort=False).reindex(index=layers, columns=positions)
+                         for col in [value] + (["baseline"] if baseline else [])}
+                grid = grids[value]
                 im = ax.imshow(grid.values, cmap=cmap, aspect="auto", origin="lower", **limits)
                 ax.set_xticks(range(len(positions)), positions, rotation=30, ha="right", fontsize=8)
                 ax.set_yticks(range(len(layers)), [str(x) for x in layers], fontsize=7)
                 for (r, c), val in pd.DataFrame(grid.values).stack().items():
-                    ax.text(c, r, f"{val:.2f}", ha="center", va="center", fontsize=6,
-                            color="white" if sum(im.cmap(im.norm(val))[:3]) < 1.5 else "black")
+                    color = "white" if sum(im.cmap(im.norm(val))[:3]) < 1.5 else "black"
+                    base = grids["baseline"].values[r, c] if baseline else float("nan")
+                    ax.text(c, r, f"{val:.2f}", ha="center", va="center" if pd.isna(base) else "bottom",
+                            fontsize=6, color=color)
+                    if not pd.isna(base):
+                        ax.text(c, r, f"({base:.2f})", ha="center", va="top", fontsize=5, color=color, alpha=0.7)
                 ax.set_title(f"{v} · {f}", fontsize=9)
                 ax.set_ylabel("layer" if j == 0 else "")
-        fig.colorbar(im, ax=axes, shrink=0.8, label=value)
+        fig.colorbar(im, ax=axes, shrink=0.8,
+                     label=f"{value} (in parentheses: the no-effect baseline)" if baseline else value)
         if title:
             fig.suptitle(title)
         if path is not None:
@@ -126,14 +139,17 @@ class Results:
 
     def save(self, directory: str | Path) -> Path:
         """Write ``results.json`` (rows + meta), ``results.csv`` and each fitted featurizer under
-        ``featurizers/<variable>/<featurizer>/L<layer>_<position>/`` (safetensors + JSON)."""
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "results.json").write_text(json.dumps({"meta": self.meta, "rows": self.rows}, indent=1, default=str))
-        self.table.to_csv(d / "results.csv", index=False)
+        ``featurizers/<variable>/<featurizer>/L<layer>_<position>/`` (safetensors + JSON), each file
+        whole or not at all (written beside, then renamed). A folder that cannot be written is
+        refused (``RunFolderError``) before anything is written."""
+        from .runstore import ensure_folder, save_featurizer, write_text
+
+        d = ensure_folder(directory, "the results")
+        write_text(d / "results.json", json.dumps({"meta": self.meta, "rows": self.rows}, indent=1, default=str))
+        write_text(d / "results.csv", self.table.to_csv(index=False))
         for key, feat in self.featurizers.items():
             if feat.has_state:
-                feat.save(d / featurizer_dir(*key))
+                save_featurizer(feat, d / featurizer_dir(*key))
         return d
 
     @classmethod
