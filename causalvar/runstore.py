@@ -201,7 +201,8 @@ def ensure_folder(folder: str | Path, what: str) -> Path:
 def _remove_leftovers(folder: Path) -> None:
     """Temporary files and folders of writes a kill cut short; a featurizer moved aside to be
     replaced goes back where it was if its replacement never arrived."""
-    for p in sorted(folder.rglob(f"*{_TMP}*"), key=lambda p: len(p.parts)):
+    found = [*folder.glob(f".*{_TMP}*"), *(folder / "featurizers").rglob(f".*{_TMP}*")]
+    for p in sorted(found, key=lambda p: len(p.parts)):
         if not p.exists():  # inside a leftover removed above
             continue
         dest = p.with_name(p.name[1:p.name.rindex(_TMP)])
