@@ -67,6 +67,8 @@ class RunStore:
                 fd = os.open(self._lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 pid, host = _read_lock(self._lock)
+                if attempt == 0 and not self._lock.exists():  # released meanwhile
+                    continue
                 if attempt == 0 and host == socket.gethostname() and pid is not None and not _alive(pid, key):
                     warnings.warn(f"{self._lock} was left by process {pid}, which is no longer running; "
                                   f"taking it over", RunFolderWarning, stacklevel=3)
