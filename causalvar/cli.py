@@ -46,7 +46,7 @@ def demo(args) -> int:
     layers = sorted(set(range(0, lm.n_layers, 3)) | {lm.n_layers - 1})
     sweep = cv.localize(lm, task, ["output_token", "output_position"], Neurons(), layers=layers,
                         positions=["io", "s2", "last"], n_train=0, n_test=args.n_test, seed=0,
-                        batch_size=args.batch_size, out=out / "sweep")
+                        batch_size=args.batch_size, out=out / "sweep", progress=sys.stderr.isatty())
     sweep.meta["task_accuracy"] = acc
     sweep.save(out / "sweep")
     sweep.heatmap(out / "sweep" / "heatmap.png", title=f"IOI on SmolLM2-135M: full-vector IIA (n={args.n_test} per set)")
@@ -57,7 +57,8 @@ def demo(args) -> int:
           f"and a trained {k}-dim DAS subspace", flush=True)
     bases = cv.localize(lm, task, "output_position", [Neurons(dims=range(k)), PCA(n_components=k), DAS(dim=k)],
                         layers=[12, 15, 18, 21], positions=["s2", "last"], n_train=args.n_train,
-                        n_test=args.n_test // 2, epochs=2, lr=1e-2, seed=0, batch_size=32, out=out / "bases")
+                        n_test=args.n_test // 2, epochs=2, lr=1e-2, seed=0, batch_size=32, out=out / "bases",
+                        progress=sys.stderr.isatty())
     bases.heatmap(out / "bases" / "heatmap.png", title=f"IOI output_position on SmolLM2-135M: bases (k={k})")
     print(bases.table[["featurizer", "layer", "position", "dataset", "iia", "n"]].to_string(index=False))
     print("\nMIB scores (mean over layers of the best position; best layer):")
@@ -70,45 +71,131 @@ def demo(args) -> int:
     return 0
 
 
+class UsageError(SystemExit):
+    """A bad command-line argument (checked before the model loads, or right after where it needs the
+    model): ``main`` prints it as one line, ``causalvar: error: ...``, and exits with status 2."""
+
+
+FEATURIZER_FORMS = "full, neurons:0-63 (or neurons:0-3,7), pca:32, das:16, boundless, dbm, dbm+pca, sae:1024, supervised"
+
+
 def parse_featurizer(spec: str):
-    """``"das:16"`` -> ``DAS(dim=16)``; also neurons[:i-j], full, pca[:k], sae[:d_sae], dbm[+pca|+sae],
-    boundless, supervised."""
+    """``"das:16"`` -> ``DAS(dim=16)``; also neurons[:i-j,k], full, pca[:k], sae[:d_sae], dbm[+pca|+sae],
+    boundless, supervised. A bad spec is a ``UsageError`` naming it and the expected form."""
     import featurizers as F
 
-    name, _, arg = spec.strip().lower().partition(":")
-    num = int(arg) if arg.isdigit() else None
-    makers = {
-        "full": lambda: F.Neurons(), "full_vector": lambda: F.Neurons(),
-        "neurons": lambda: F.Neurons(dims=_span(arg)) if arg else F.Neurons(),
-        "das": lambda: F.DAS(dim=num), "boundless": lambda: F.BoundlessDAS(),
-        "pca": lambda: F.PCA(n_components=num), "sae": lambda: F.SAE(d_sae=num),
-        "supervised": lambda: F.SupervisedDictionary(),
-        "dbm": lambda: F.DBM(F.Neurons()), "dbm+neurons": lambda: F.DBM(F.Neurons()),
-        "dbm+pca": lambda: F.DBM(F.PCA()), "dbm+sae": lambda: F.DBM(F.SAE(d_sae=num)),
-    }
-    if name not in makers:
-        raise SystemExit(f"unknown featurizer {spec!r}; choose from {sorted(makers)} (e.g. das:16, pca:32, neurons:0-63)")
-    return makers[name]()
+    name, colon, arg = spec.strip().lower().partition(":")
+    sized = {"das": lambda k: F.DAS(dim=k), "pca": lambda k: F.PCA(n_components=k), "sae": lambda k: F.SAE(d_sae=k),
+             "dbm+sae": lambda k: F.DBM(F.SAE(d_sae=k))}
+    plain = {"full": F.Neurons, "full_vector": F.Neurons, "boundless": F.BoundlessDAS,
+             "supervised": F.SupervisedDictionary, "dbm": lambda: F.DBM(F.Neurons()),
+             "dbm+neurons": lambda: F.DBM(F.Neurons()), "dbm+pca": lambda: F.DBM(F.PCA())}
+    if name == "neurons":
+        return F.Neurons(dims=_span(spec, arg)) if colon else F.Neurons()
+    if name in sized:
+        if not colon:
+            return sized[name](None)
+        if not arg.isdigit() or int(arg) < 1:
+            raise UsageError(f"featurizer {spec!r}: the size after '{name}:' must be a whole number >= 1, "
+                             f"e.g. {name}:16")
+        return sized[name](int(arg))
+    if name in plain:
+        if colon:
+            raise UsageError(f"featurizer {spec!r}: {name} takes no size; write {name}")
+        return plain[name]()
+    raise UsageError(f"unknown featurizer {spec!r}; choose from {sorted(['neurons', *sized, *plain])} "
+                     f"(e.g. das:16, pca:32, neurons:0-63)")
 
 
-def _span(text: str) -> list[int]:
+def parse_featurizers(text: str) -> list:
+    """The ``--featurizer`` list: comma-separated specs, where a part that starts with a digit continues
+    the neurons list before it (``"full,neurons:0-3,7,das:16"`` is three featurizers)."""
+    specs: list[str] = []
+    for part in text.split(","):
+        if specs and part.strip()[:1].isdigit():
+            specs[-1] += "," + part
+        else:
+            specs.append(part)
+    return [parse_featurizer(s) for s in specs]
+
+
+def _span(spec: str, text: str) -> list[int]:
     """``"0-3,7"`` -> [0, 1, 2, 3, 7]."""
     out = []
     for part in text.split(","):
-        a, _, b = part.partition("-")
-        out += list(range(int(a), int(b) + 1)) if b else [int(a)]
+        a, dash, b = part.strip().partition("-")
+        if not a.isdigit() or (dash and not b.isdigit()) or (b and int(b) < int(a)):
+            raise UsageError(f"featurizer {spec!r}: neurons takes hidden-unit indices and ranges, "
+                             "e.g. neurons:0-63 or neurons:0-3,7")
+        out += list(range(int(a), int(b) + 1)) if dash else [int(a)]
     return out
+
+
+LAYER_FORMS = "all, a range start:stop[:step] (e.g. 0:30:3) or a list of block indices (e.g. 0,5,29)"
+
+
+def layer_syntax(text: str) -> str | slice | list[int]:
+    """``--layers`` read without the model (so a typo fails before it loads): ``"all"``, a ``slice``
+    or a list of block indices; ``resolve_layers`` checks them against the model."""
+    t = text.strip().lower()
+    if t == "all":
+        return "all"
+    if ":" in t:
+        parts = [p.strip() for p in t.split(":")]
+        if len(parts) <= 3 and all(p.isdigit() or not p for p in parts):
+            spec = slice(*(int(p) if p else None for p in parts))
+            if spec.step == 0:
+                raise UsageError(f"--layers {text!r}: the step of a range must be at least 1")
+            return spec
+    else:
+        parts = [p.strip() for p in t.split(",")]
+        if all(p.isdigit() for p in parts):
+            return sorted({int(p) for p in parts})
+    raise UsageError(f"--layers {text!r}: expected {LAYER_FORMS}; layers count from 0")
+
+
+def resolve_layers(spec: str | slice | list[int], text: str, n_layers: int, model: str = "the model") -> list[int]:
+    """The block indices ``spec`` (from ``layer_syntax``) names in a model of ``n_layers``; a range up to
+    the end also takes the last layer (``0:30:3`` -> 0, 3, ..., 27, 29). Nothing is clipped: an index
+    past the model's last layer is a ``UsageError`` naming the number of layers."""
+    have = f"{model} has {n_layers} layers (0..{n_layers - 1})"
+    if spec == "all":
+        return list(range(n_layers))
+    if isinstance(spec, slice):
+        start, stop, step = spec.start or 0, n_layers if spec.stop is None else spec.stop, spec.step or 1
+        if stop > n_layers:
+            raise UsageError(f"--layers {text}: {have}; a range stops at {n_layers} at most, e.g. 0:{n_layers}")
+        layers = list(range(start, stop, step))
+        if not layers:
+            raise UsageError(f"--layers {text}: the range selects no layer; {have}")
+        return sorted(set(layers) | ({n_layers - 1} if stop == n_layers else set()))
+    bad = [layer for layer in spec if layer >= n_layers]
+    if bad:
+        raise UsageError(f"--layers {text}: {have}, so {bad} do not exist")
+    return spec
 
 
 def parse_layers(text: str, n_layers: int) -> list[int]:
     """``"all"``, ``"0:30:3"`` (a Python range; the model's last layer is added), or ``"0,5,29"``."""
-    if text == "all":
-        return list(range(n_layers))
-    if ":" in text:
-        parts = [int(p) if p else None for p in text.split(":")]
-        layers = list(range(n_layers))[slice(*parts)]
-        return sorted(set(layers) | ({n_layers - 1} if parts[1] is None or parts[1] >= n_layers else set()))
-    return [int(x) for x in text.split(",")]
+    return resolve_layers(layer_syntax(text), text, n_layers)
+
+
+def parse_positions(text: str | None) -> list[str | int]:
+    """``--positions``: comma-separated token roles (names) or token indices (ints, negative from the
+    end); default ``["last"]``."""
+    if text is None:
+        return ["last"]
+    out: list[str | int] = []
+    for part in text.split(","):
+        p = part.strip()
+        if p.lstrip("-").isdigit():
+            out.append(int(p))
+        elif p.isidentifier():
+            out.append(p)
+        else:
+            raise UsageError(f"--positions {text!r}: {p!r} is neither a token role (a name such as s2 or "
+                             "last) nor a token index (an int, e.g. -1); separate them with commas")
+    return out
 
 
 def localize_cmd(args) -> int:
@@ -116,20 +203,29 @@ def localize_cmd(args) -> int:
 
     tasks = cv.tasks.REGISTRY
     if args.task not in tasks:
-        raise SystemExit(f"unknown task {args.task!r}; built-in tasks: {sorted(tasks)}")
-    feats = [parse_featurizer(f) for f in args.featurizer.split(",")]
+        raise UsageError(f"unknown task {args.task!r}; built-in tasks: {sorted(tasks)}")
+    feats = parse_featurizers(args.featurizer)
+    for f in feats:
+        if args.n_train == 0 and (f.learns_from_interventions or f.learns_from_activations):
+            learns = "is trained on interchange pairs" if f.learns_from_interventions else "is fitted on activations"
+            raise UsageError(f"--n-train 0: {f.name} {learns}; give --n-train of at least 1")
+    layer_spec, positions = layer_syntax(args.layers), parse_positions(args.positions)
     print(f"loading {args.model} ...", flush=True)
     lm = cv.load_model(args.model)
+    layers = resolve_layers(layer_spec, args.layers, lm.n_layers, args.model)
     task = tasks[args.task](lm)
+    roles = getattr(task, "positions", {})
+    unknown = [p for p in positions if isinstance(p, str) and p not in roles]
+    if unknown:
+        raise UsageError(f"--positions: {args.task} has no token role {unknown}; its roles are {sorted(roles)}, "
+                         "or give token indices (ints)")
     cm = task.causal_model
     variables = args.variables.split(",") if args.variables else list(
         task.variables or [v for v in cm.variables if v not in cm.inputs and v != cm.output])
-    positions = args.positions.split(",") if args.positions else ["last"]
-    layers = parse_layers(args.layers, lm.n_layers)
     out = Path(args.out)
     res = cv.localize(lm, task, variables, feats, layers=layers, positions=positions, n_train=args.n_train,
                       n_test=args.n_test, epochs=args.epochs, lr=args.lr, seed=args.seed,
-                      batch_size=args.batch_size, out=out)
+                      batch_size=args.batch_size, out=out, progress=sys.stderr.isatty())
     res.heatmap(out / "heatmap.png", title=f"{args.task} on {args.model}")
     scores = res.mib_score()
     scores.to_csv(out / "mib_scores.csv", index=False)
@@ -141,34 +237,81 @@ def localize_cmd(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one line like every other error of the command."""
+
+    def error(self, message):
+        print(f"causalvar: error: {message} (see {self.prog} -h)", file=sys.stderr)
+        sys.exit(2)
+
+
+def _at_least(minimum: int):
+    def whole(text: str) -> int:
+        if not text.strip().lstrip("-").isdigit() or int(text) < minimum:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}")
+        return int(text)
+    return whole
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def _message(e: Exception) -> str:
+    """One line for a run-time error: causalvar's errors (ValueErrors and ``TrainingError``) say what
+    to change themselves; anything else is named by its type, with the way to see the traceback."""
+    from .train import TrainingError
+
+    if isinstance(e, (ValueError, TrainingError)):
+        return str(e)
+    return f"{type(e).__name__}: {e} (rerun with --debug for the traceback)"
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="causalvar", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="causalvar", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="on an error, show the full traceback")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("demo", help="localize IOI variables in the embedded SmolLM2-135M")
+    p = sub.add_parser("demo", parents=[common], help="localize IOI variables in the embedded SmolLM2-135M")
     p.add_argument("--out", default="runs/demo", help="results folder (default: runs/demo)")
-    p.add_argument("--n-test", type=int, default=128, help="test pairs per counterfactual set (default: 128)")
-    p.add_argument("--n-train", type=int, default=128, help="training pairs per set for PCA and DAS (default: 128)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--n-test", type=_at_least(2), default=128,
+                   help="test pairs per counterfactual set, half of them for the bases (default: 128)")
+    p.add_argument("--n-train", type=_at_least(1), default=128,
+                   help="training pairs per set for PCA and DAS (default: 128)")
+    p.add_argument("--batch-size", type=_at_least(1), default=64)
     p.set_defaults(func=demo)
-    p = sub.add_parser("localize", help="localize a built-in task's variables in a model")
+    p = sub.add_parser("localize", parents=[common], help="localize a built-in task's variables in a model")
     p.add_argument("--task", required=True, help="built-in task name (ioi, ioi_logit_diff, mcqa, arithmetic, ravel)")
     p.add_argument("--model", default="smollm2-135m", help="embedded name, local folder, .gguf file or hub name")
-    p.add_argument("--featurizer", default="full", help="comma-separated: full, neurons:0-63, pca:32, das:16, "
-                   "boundless, dbm, dbm+pca, sae:1024, supervised")
+    p.add_argument("--featurizer", default="full", help=f"comma-separated: {FEATURIZER_FORMS}")
     p.add_argument("--variables", default=None, help="comma-separated (default: every non-input, non-output variable)")
-    p.add_argument("--layers", default="all", help="all, a range 0:30:3, or a list 0,5,29")
+    p.add_argument("--layers", default="all", help=LAYER_FORMS)
     p.add_argument("--positions", default=None, help="comma-separated token roles or ints (default: last)")
-    p.add_argument("--n-train", type=int, default=256)
-    p.add_argument("--n-test", type=int, default=128)
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--n-train", type=_at_least(0), default=256, help="training pairs per set (0: no featurizer learns)")
+    p.add_argument("--n-test", type=_at_least(1), default=128, help="test pairs per set")
+    p.add_argument("--epochs", type=_at_least(1), default=2)
+    p.add_argument("--lr", type=_positive, default=1e-2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=_at_least(1), default=32)
     p.add_argument("--out", required=True, help="results folder (a rerun resumes)")
     p.set_defaults(func=localize_cmd)
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except UsageError as e:
+        print(f"causalvar: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        if args.debug:
+            raise
+        print(f"causalvar: error: {_message(e)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

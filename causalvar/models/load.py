@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import torch
@@ -35,7 +36,9 @@ def load_model(name_or_path: str, dtype: torch.dtype = torch.float32, padding_si
 
     Args:
         name_or_path: ``"smollm2-135m"`` (embedded, no network), a ``.gguf`` file, a local folder
-            saved with ``save_pretrained``, or a hub name (needs the network).
+            saved with ``save_pretrained``, or a hub name (from the local cache, else downloaded). A
+            name that is none of these fails at once, naming the embedded models; with
+            ``HF_HUB_OFFLINE`` set the hub is never asked.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -48,8 +51,11 @@ def load_model(name_or_path: str, dtype: torch.dtype = torch.float32, padding_si
         if not path.exists():
             raise ModelError(f"GGUF file {path} does not exist")
         folder, kwargs["gguf_file"] = str(path.parent), path.name
+    elif Path(name_or_path).expanduser().is_dir():
+        folder = str(Path(name_or_path).expanduser())
     else:
         folder = str(name_or_path)
+        _check_hub_name(folder)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kwargs)
@@ -57,6 +63,45 @@ def load_model(name_or_path: str, dtype: torch.dtype = torch.float32, padding_si
         raise ModelError(f"could not load '{name_or_path}': not an embedded name ({sorted(EMBEDDED)}), "
                          f"a local folder or a reachable hub model ({e})") from e
     return HFModel(model.to(device), tokenizer, padding_side=padding_side)
+
+
+def _offline() -> bool:
+    """Whether the user turned the hub off (read now, not when huggingface_hub was imported)."""
+    from huggingface_hub import constants
+
+    flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""))
+    return constants.HF_HUB_OFFLINE or any(f.upper() in {"1", "ON", "YES", "TRUE"} for f in flags)
+
+
+def _check_hub_name(name: str) -> None:
+    """A name that is no embedded model and no folder must be a hub model that is cached or that the
+    hub has: anything else is a ``ModelError`` at once (one request at most), not after minutes of
+    download retries."""
+    import huggingface_hub as hub
+    from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
+    from huggingface_hub.utils import validate_repo_id
+
+    what = (f"'{name}' is not an embedded model ({', '.join(sorted(EMBEDDED))}), not an existing folder "
+            "or .gguf file")
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise ModelError(f"{what}, and not a Hugging Face hub name (org/name)") from None
+    if isinstance(hub.try_to_load_from_cache(name, "config.json"), str):
+        return
+    if _offline():
+        raise ModelError(f"{what}, and not in the Hugging Face cache; HF_HUB_OFFLINE is set, so the hub was "
+                         "not asked (unset it to download the model)")
+    try:
+        hub.model_info(name, timeout=10)
+    except GatedRepoError:
+        return  # from_pretrained says how to get access
+    except RepositoryNotFoundError:
+        raise ModelError(f"{what}, and the Hugging Face hub has no model '{name}' (a private one needs "
+                         "`hf auth login`)") from None
+    except Exception as e:  # no network, a proxy refusing, a hub error
+        raise ModelError(f"{what}, and not in the Hugging Face cache; the hub could not be asked "
+                         f"({type(e).__name__}: {e})") from None
 
 
 def as_adapter(model, tokenizer=None) -> Adapter:
