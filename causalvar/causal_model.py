@@ -120,7 +120,10 @@ class CausalModel:
 
         Keys of ``setting`` that are not inputs are ignored, so a full setting returned by
         an earlier run can be passed back. Intervened variables (inputs included) take the
-        given value; an intervened input need not be present in ``setting``.
+        given value; an intervened input need not be present in ``setting``. A value a variable
+        cannot take is refused: outside an input's domain, or outside the values a mechanism takes
+        over its inputs' domains (enumerated once, when there are at most ``MAX_ENUMERATION``
+        combinations; larger ones are not checked).
 
         Returns:
             Dict variable -> value, in topological order.

@@ -179,7 +179,7 @@ class PromptTask(Task):
     def encode(self, settings: Sequence[Mapping]) -> Batch:
         """Tokenise once: ``input_ids, attention_mask, position_ids: [n, seq]`` (padded on the adapter's
         side), every role's token index ``[n]``, and ``read`` = the last real token ``[n]``."""
-        prompts = [self.prompt(s) for s in settings]
+        prompts = [self._prompt(i, s) for i, s in enumerate(settings)]
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True, return_offsets_mapping=True,
                              padding_side=self.lm.padding_side)
         mask = enc["attention_mask"]
@@ -208,6 +208,17 @@ class PromptTask(Task):
         inputs = {"input_ids": enc["input_ids"], "attention_mask": mask, "position_ids": position_ids}
         return Batch(inputs, positions, last)
 
+    def _prompt(self, i: int, setting: Mapping) -> str:
+        """The prompt text of example ``i``, refused clearly when the prompt function fails or returns no str."""
+        try:
+            text = self.prompt(setting)
+        except Exception as e:
+            raise TaskError(f"the prompt function failed on example {i} {dict(setting)}: {e!r}") from e
+        if not isinstance(text, str):
+            raise TaskError(f"the prompt function returned {type(text).__name__} ({text!r:.60}) for example {i} "
+                            f"{dict(setting)}; it must return the prompt text (a str)")
+        return text
+
     @staticmethod
     def _char_to_token(char: int, offsets, first: int, last: int, role: str, i: int, prompt: str) -> int:
         for t in range(first, last + 1):
@@ -221,7 +232,16 @@ class PromptTask(Task):
         """The token ids of ``answer(value)``; with the ``"token"`` checker it must be one token."""
         if value not in self._answer_ids:
             text = self.answer(value)
+            if not isinstance(text, str):
+                raise TaskError(f"the answer function returned {type(text).__name__} ({text!r:.60}) for output "
+                                f"value {value!r}; it must return the answer text (a str)")
             ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            unk = self.tokenizer.unk_token_id
+            if unk is not None and unk in ids:
+                pieces = self.tokenizer.convert_ids_to_tokens(ids)
+                raise TaskError(f"answer {text!r} (output value {value!r}) tokenizes to {pieces}: the tokenizer "
+                                f"does not know it (unknown token {self.tokenizer.unk_token!r}); change the answer "
+                                "function or the tokenizer")
             if not ids or (self.checker == "token" and len(ids) != 1):
                 pieces = self.tokenizer.convert_ids_to_tokens(ids)
                 raise TaskError(f"answer {text!r} (output value {value!r}) is {len(ids)} tokens {pieces}; "

@@ -74,7 +74,8 @@ class BoundlessDAS(DAS):
 
     def __init__(self, init_boundary: float = 0.5, temperature: Sequence[float] = (50.0, 0.1)):
         super().__init__(dim=None)
-        if isinstance(init_boundary, bool) or not isinstance(init_boundary, numbers.Real) or not 0 < init_boundary <= 1:
+        ok = isinstance(init_boundary, numbers.Real) and not isinstance(init_boundary, bool)
+        if not (ok and 0 < init_boundary <= 1):
             raise FeaturizerError(f"BoundlessDAS: init_boundary must be a number in (0, 1] (the share of the "
                                   f"rotated coordinates intervened at the start), got {init_boundary!r}")
         self.init_boundary = float(init_boundary)
