@@ -45,17 +45,15 @@ class Results:
 
     @property
     def columns(self) -> list[str]:
-        """The leading columns: ``COLUMNS`` with the metric in place of "iia", followed by its no-effect
+        """The leading columns: ``COLUMNS`` with the metric in place of "iia", then the metric's no-effect
         ``baseline`` where the rows carry one."""
         cols = [self.metric if c == "iia" else c for c in COLUMNS]
-        if any("baseline" in row for row in self.rows):
-            cols.insert(cols.index(self.metric) + 1, "baseline")
-        return cols
+        return cols + (["baseline"] if any("baseline" in row for row in self.rows) else [])
 
     @property
     def table(self) -> pd.DataFrame:
-        """A DataFrame: variable, featurizer, layer, position, dataset, iia (or the task's metric),
-        [baseline], n, ci_low, ci_high, ..."""
+        """A DataFrame: variable, featurizer, layer, position, dataset, iia (or the task's metric), n,
+        ci_low, ci_high, [baseline], ..."""
         df = pd.DataFrame(self.rows)
         if df.empty:
             return pd.DataFrame(columns=self.columns)

@@ -125,7 +125,7 @@ def rows(baseline: bool, featurizer: str = "full_vector"):
 
 def test_tables_and_heatmaps_show_the_no_effect_baseline(tmp_path):
     res = cv.Results(rows(baseline=True))
-    assert list(res.table.columns[5:8]) == ["iia", "baseline", "n"]
+    assert list(res.table.columns[5:10]) == ["iia", "n", "ci_low", "ci_high", "baseline"]
     fig = res.heatmap(tmp_path / "heat.png")
     texts = [t.get_text() for ax in fig.axes for t in ax.texts]
     assert {"0.97", "(0.50)", "0.61", "(0.55)"} <= set(texts)
