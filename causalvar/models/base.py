@@ -51,6 +51,42 @@ class Batch:
                      None if self.read is None else self.read.to(device))
 
 
+def hook_module(module: nn.Module, where: str, fn):
+    """Call ``fn(h)`` on ``module``'s output (``where="output"``) or input (``"input"``) hidden-state
+    tensor in every forward; a tensor ``fn`` returns replaces it (tuples kept around it). Returns the
+    torch hook handle."""
+    if where == "output":
+        def post(m, args, out):
+            new = fn(unwrap(out))
+            return None if new is None else rewrap(out, new)
+        return module.register_forward_hook(post)
+
+    def pre(m, args, kwargs):
+        if args:
+            new = fn(args[0])
+            return None if new is None else ((new,) + tuple(args[1:]), kwargs)
+        new = fn(kwargs["hidden_states"])
+        return None if new is None else (args, {**kwargs, "hidden_states": new})
+    return module.register_forward_pre_hook(pre, with_kwargs=True)
+
+
+def hook_head(proj: nn.Module, head: int, n_heads: int, fn):
+    """Call ``fn(z)`` on one head's slice ``z: [n, seq, d_head]`` of the input ``[n, seq, n_heads·d_head]``
+    of an attention output projection ``proj``; a tensor ``fn`` returns replaces that head's slice
+    (out of place, so gradients reach it)."""
+    def pre(m, args, kwargs):
+        x = args[0] if args else kwargs["hidden_states"]
+        heads = x.unflatten(-1, (n_heads, -1))  # [n, seq, n_heads, d_head]
+        new = fn(heads[..., head, :])
+        if new is None:
+            return None
+        parts = list(heads.unbind(-2))
+        parts[head] = new.to(x.dtype)
+        x = torch.stack(parts, -2).flatten(-2)
+        return ((x,) + tuple(args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": x})
+    return proj.register_forward_pre_hook(pre, with_kwargs=True)
+
+
 def unwrap(output):
     """The hidden-state tensor of a module's output (HF blocks may return tuples)."""
     return output[0] if isinstance(output, (tuple, list)) else output
@@ -109,14 +145,26 @@ class Adapter:
     def submodule(self, path: str) -> nn.Module:
         return self.module.get_submodule(path)
 
+    def hook(self, site: Site, fn):
+        """Call ``fn(h)`` on the site's activation in every forward until the returned handle's
+        ``remove()``; a tensor ``fn`` returns replaces the activation. ``h: [n, seq, d]`` (``[n, d]``
+        without a sequence axis, ``[n, seq, d_head]`` for a head). This base class knows a module's
+        output (``resid_post``) and input (``resid_pre``); adapters of layered models add the
+        components inside a layer."""
+        if site.kind not in ("resid_post", "resid_pre"):
+            raise ModelError(f"site {site}: a {type(self).__name__} has no '{site.kind}' component; its sites "
+                             "are a module's output ('resid_post') or input ('resid_pre')")
+        return hook_module(self.submodule(self.module_path(site)),
+                           "output" if site.kind == "resid_post" else "input", fn)
+
     def block_index(self, site: Site) -> int | None:
         """The index j of the block whose INPUT equals this site's activation, when the site is on the
         residual stream between blocks (so suffix execution can start there); else ``None``."""
         path = self.module_path(site)
-        if path not in self.block_paths:
+        if path not in self.block_paths or site.kind not in ("resid_post", "resid_pre"):
             return None
         i = self.block_paths.index(path)
-        return i + 1 if site.component == "output" else i
+        return i + 1 if site.kind == "resid_post" else i
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """Logits the task reads: ``[n, n_classes]`` (at ``batch.read`` for sequence models)."""

@@ -7,11 +7,18 @@ import warnings
 import torch
 from torch import nn
 
-from .base import Adapter, Batch, FastPathWarning, ModelError, unwrap
+from ..sites import Site
+from .base import Adapter, Batch, FastPathWarning, ModelError, hook_head, hook_module, unwrap
 
 # where each family keeps its decoder blocks and final norm, relative to ``model.base_model``
 _BLOCK_ATTRS = ("layers", "h", "blocks")
 _NORM_ATTRS = ("norm", "ln_f", "final_layernorm", "final_layer_norm")
+# inside a block: the attention and MLP sublayers, and the attention's output projection
+_ATTN_ATTRS = ("self_attn", "attn", "attention")
+_MLP_ATTRS = ("mlp", "feed_forward")
+_OUT_PROJ_ATTRS = ("o_proj", "c_proj", "out_proj", "dense")
+# Gemma-2-style blocks normalise each sublayer's output before adding it to the residual stream
+_POST_NORMS = {"attn_out": "post_attention_layernorm", "mlp_out": "post_feedforward_layernorm"}
 # attention implementations whose masks causalvar can build when HF passed none
 _MASK_KINDS = {"sdpa": "bool", "eager": "float"}
 # the keyword a decoder block / base model takes its key-value cache under: transformers >= 5.24 says
@@ -47,6 +54,15 @@ class _PrefixKV:
         k, v = self.kv[layer_idx]
         return (torch.cat([k[:, :, :self.p0], keys.to(k.dtype)], dim=-2),
                 torch.cat([v[:, :, :self.p0], values.to(v.dtype)], dim=-2))
+
+
+def _child(module: nn.Module, names: tuple[str, ...], what: str) -> nn.Module:
+    """The first child of ``module`` named in ``names``; a clear error naming ``what`` otherwise."""
+    found = next((getattr(module, n) for n in names if isinstance(getattr(module, n, None), nn.Module)), None)
+    if found is None:
+        raise ModelError(f"cannot find {what} in {type(module).__name__}: looked for {names}, it has "
+                         f"{[n for n, _ in module.named_children()]}")
+    return found
 
 
 class HFModel(Adapter):
@@ -122,6 +138,41 @@ class HFModel(Adapter):
     @property
     def d_model(self) -> int:
         return self.module.config.hidden_size
+
+    @property
+    def n_heads(self) -> int:
+        """Query heads per layer (grouped-query models share each key/value head among several)."""
+        return self.module.config.num_attention_heads
+
+    def hook(self, site: Site, fn):
+        """As ``Adapter.hook``, with the components inside a decoder layer (int layers):
+
+        - ``attn_out`` / ``mlp_out``: what the attention / MLP sublayer adds to the residual stream,
+          ``[n, seq, d]`` (after the sublayer's own output norm in Gemma-2-style blocks), so that
+          ``resid_post = resid_pre + attn_out + mlp_out``;
+        - ``head``: query head ``site.head``'s attention output before the output projection,
+          ``[n, seq, d_head]``. With grouped-query attention a query head still has its own output
+          (its attention pattern over the key/value head it shares); writing it changes only that
+          query head's contribution ``z_h W_O[h]``, not the shared keys and values.
+        """
+        if site.kind in ("resid_post", "resid_pre"):
+            return super().hook(site, fn)
+        if not isinstance(site.layer, int):
+            raise ModelError(f"site {site}: '{site.kind}' sites take an int layer (a decoder block), "
+                             f"got the module path {site.layer!r}")
+        block = self.submodule(self.module_path(site))
+        attn = _child(block, _ATTN_ATTRS, f"the attention of block {site.layer}")
+        if site.kind == "head":
+            if not site.head < self.n_heads:
+                raise ModelError(f"site {site}: head {site.head} is out of range; the model has "
+                                 f"{self.n_heads} query heads per layer (0..{self.n_heads - 1})")
+            proj = _child(attn, _OUT_PROJ_ATTRS, f"the attention output projection of block {site.layer}")
+            return hook_head(proj, site.head, self.n_heads, fn)
+        sandwich = hasattr(block, "pre_feedforward_layernorm")  # Gemma 2: the post norms end each sublayer
+        if sandwich:
+            return hook_module(getattr(block, _POST_NORMS[site.kind]), "output", fn)
+        sub = attn if site.kind == "attn_out" else _child(block, _MLP_ATTRS, f"the MLP of block {site.layer}")
+        return hook_module(sub, "output", fn)
 
     def _logits(self, normed: torch.Tensor, read: torch.Tensor) -> torch.Tensor:
         """``normed: [n, seq, d]`` -> vocabulary logits at ``read: [n]`` -> ``[n, vocab]``."""
