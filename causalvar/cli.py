@@ -13,19 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-
-def task_accuracy(lm, task, n: int = 256, seed: int = 0, batch_size: int = 64) -> float:
-    """The network's accuracy on ``n`` sampled inputs of ``task`` (no intervention), by the task's
-    checker: the argmax token, or greedy decoding of the whole answer."""
-    from .cells import _correct
-    from .engine import Engine
-
-    cm = task.causal_model
-    settings = cm.sample(n, seed=seed)
-    labels = [cm.run(s)[cm.output] for s in settings]
-    n_tokens = task.n_answer_tokens(labels) if task.generates else None
-    out, _ = Engine(lm, task, batch_size=batch_size).capture(task.encode(settings), [], n_tokens)
-    return float(_correct(task, out, labels).float().mean())
+from .cells import task_accuracy
 
 
 def demo(args) -> int:
