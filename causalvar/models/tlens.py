@@ -1,0 +1,154 @@
+"""TransformerLens ``HookedTransformer`` models. The only file that knows TransformerLens's hook names."""
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+from ..sites import Site
+from .base import Adapter, Batch, FastPathWarning, ModelError, hook_module
+
+#: canonical components -> the hook point inside ``blocks.{L}`` that carries them
+HOOK_NAMES = {"resid_pre": "hook_resid_pre", "resid_post": "hook_resid_post", "attn_out": "hook_attn_out",
+              "mlp_out": "hook_mlp_out", "head": "attn.hook_z"}
+
+
+def is_hooked_transformer(model) -> bool:
+    """Whether ``model`` is a TransformerLens ``HookedTransformer`` (checked by class, without importing
+    TransformerLens when it is not loaded)."""
+    return any(c.__name__ == "HookedTransformer" and c.__module__.startswith("transformer_lens")
+               for c in type(model).__mro__)
+
+
+class TLModel(Adapter):
+    """A TransformerLens ``HookedTransformer`` with its tokenizer.
+
+    Int layers index ``model.blocks``; canonical sites map to its hook points
+    (``blocks.{L}.hook_resid_pre`` / ``hook_resid_post`` / ``hook_attn_out`` / ``hook_mlp_out``, and
+    ``attn.hook_z[..., head, :]`` for a head: ``[n, seq, d_head]``). Suffix execution replays
+    ``blocks[L:]`` with ``start_at_layer``; every position is recomputed (no key/value reuse).
+    ``forward`` projects only the read position onto the vocabulary.
+
+    Args:
+        model: the ``HookedTransformer`` (frozen, eval mode).
+        tokenizer: its tokenizer (default ``model.tokenizer``); a pad token is set to EOS if missing.
+        padding_side: "left" or "right" (positions follow the attention mask either way).
+    """
+
+    supports_suffix = True
+
+    def __init__(self, model: nn.Module, tokenizer=None, padding_side: str = "left"):
+        if not is_hooked_transformer(model):
+            raise ModelError(f"TLModel wraps a TransformerLens HookedTransformer, got {type(model).__name__}")
+        if padding_side not in ("left", "right"):
+            raise ModelError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        self.module = model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+        if self.tokenizer is None:
+            raise ModelError("this HookedTransformer has no tokenizer; pass one: cv.TLModel(model, tokenizer)")
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.padding_side = padding_side
+        self.cfg = model.cfg
+        self.block_paths = [f"blocks.{i}" for i in range(self.cfg.n_layers)]
+        self.why_not = {"reuse_kv": "the TransformerLens adapter recomputes every position of a suffix run"}
+        warnings.warn(f"HookedTransformer: key/value reuse is off, so every suffix run recomputes all positions "
+                      f"(slower, same numbers): {self.why_not['reuse_kv']}", FastPathWarning, stacklevel=2)
+
+    @property
+    def fast_paths(self) -> dict[str, bool]:
+        return {"suffix": True, "reuse_kv": False}
+
+    @property
+    def d_model(self) -> int:
+        return self.cfg.d_model
+
+    @property
+    def n_heads(self) -> int:
+        return self.cfg.n_heads
+
+    def hook(self, site: Site, fn):
+        """As ``Adapter.hook``; int layers use the block's hook points (see the class docstring)."""
+        if not isinstance(site.layer, int):
+            return super().hook(site, fn)
+        block = self.submodule(self.module_path(site))
+        point = block.get_submodule(HOOK_NAMES[site.kind])
+        if site.kind != "head":
+            return hook_module(point, "output", fn)
+        if not site.head < self.n_heads:
+            raise ModelError(f"site {site}: head {site.head} is out of range; the model has {self.n_heads} "
+                             f"heads per layer (0..{self.n_heads - 1})")
+
+        def on_z(m, args, z):  # z: [n, seq, n_heads, d_head]
+            new = fn(z[..., site.head, :])
+            if new is None:
+                return None
+            parts = list(z.unbind(-2))
+            parts[site.head] = new.to(z.dtype)
+            return torch.stack(parts, -2)
+        return point.register_forward_hook(on_z)
+
+    def _logits(self, residual: torch.Tensor, read: torch.Tensor) -> torch.Tensor:
+        """The residual after the last block ``[n, seq, d]`` -> logits at ``read: [n]`` -> ``[n, vocab]``."""
+        h = residual[torch.arange(len(read), device=residual.device), read.to(residual.device)][:, None]
+        if self.cfg.normalization_type is not None:
+            h = self.module.ln_final(h)
+        logits = self.module.unembed(h)[:, 0]
+        cap = getattr(self.cfg, "output_logits_soft_cap", -1.0)
+        return torch.tanh(logits / cap) * cap if cap and cap > 0 else logits
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        residual = self.module(batch.inputs["input_ids"], attention_mask=batch.inputs["attention_mask"],
+                               padding_side=self.padding_side, stop_at_layer=self.cfg.n_layers)
+        return self._logits(residual, batch.read)
+
+    def prefix_state(self, batch: Batch, starts: list[int]) -> dict:
+        """One forward; the residual entering each block in ``starts`` (``n_layers``: after the last)."""
+        hidden, handles = {}, []
+        for j in starts:
+            name = f"blocks.{j}.hook_resid_pre" if j < self.n_layers else f"blocks.{j - 1}.hook_resid_post"
+            point = self.module.get_submodule(name)
+            handles.append(point.register_forward_hook(
+                lambda m, a, out, j=j: hidden.__setitem__(j, out.detach())))
+        try:
+            self.forward(batch)
+        finally:
+            for h in handles:
+                h.remove()
+        return {"hidden": hidden}
+
+    def run_suffix(self, state: dict, start: int, hidden: torch.Tensor, batch: Batch,
+                   positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Blocks ``start..`` on ``hidden: [n, seq, d]``, then the final norm and unembedding at the read
+        positions -> ``[n, vocab]``."""
+        if start < self.n_layers:
+            hidden = self.module(hidden, start_at_layer=start, stop_at_layer=self.cfg.n_layers,
+                                 attention_mask=batch.inputs["attention_mask"], padding_side=self.padding_side)
+        return self._logits(hidden, batch.read)
+
+    @torch.no_grad()
+    def generate(self, batch: Batch, n_tokens: int, after_prompt=None) -> torch.Tensor:
+        """Greedy decoding: ``n_tokens`` ids ``[n, n_tokens]`` after each row's last real token. The prompt
+        runs once (``after_prompt()`` is called after it); each later token re-runs the sequence so far,
+        its new tokens placed right after each row's real ones."""
+        ids, mask, read = batch.inputs["input_ids"], batch.inputs["attention_mask"], batch.read
+        tokens = [self.forward(batch).argmax(-1)]
+        if after_prompt is not None:
+            after_prompt()
+        rows = torch.arange(len(ids), device=ids.device)
+        for _ in range(n_tokens - 1):
+            if self.padding_side == "left":  # every row ends at the last column: append there
+                ids = torch.cat([ids, tokens[-1][:, None]], 1)
+                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+                read = torch.full_like(read, ids.shape[1] - 1)
+            else:  # rows end at their read position: write the token just after it
+                ids = torch.cat([ids, torch.full_like(ids[:, :1], self.tokenizer.pad_token_id)], 1)
+                mask = torch.cat([mask, torch.zeros_like(mask[:, :1])], 1)
+                read = read + 1
+                ids[rows, read], mask[rows, read] = tokens[-1], 1
+            step = Batch({"input_ids": ids, "attention_mask": mask}, read=read)
+            tokens.append(self.forward(step).argmax(-1))
+        return torch.stack(tokens, 1)
