@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from featurizers import DAS, DBM, PCA, Featurizer, FeaturizerError, Neurons, Subspace
+from featurizers import Featurizer, FeaturizerError, Neurons, Subspace
 
 from .cells import build_splits, evaluate
 from .counterfactuals import CounterfactualDataset
@@ -36,25 +36,6 @@ def unit_name(layer, position) -> str:
     return f"ResidualStream(Layer:{layer},Token:{position})"
 
 
-def _basis_and_indices(feat: Featurizer) -> tuple[torch.Tensor | None, list[int] | None]:
-    """(R [d, k] or None for the identity, intervened feature indices or None for all) of a linear
-    featurizer whose interchange is "replace the indexed coordinates of h R"."""
-    if isinstance(feat, DBM):
-        R, _ = _basis_and_indices(feat.featurizer)
-        return R, feat.mask().nonzero().flatten().tolist()
-    if isinstance(feat, Neurons):
-        return None, feat.dims
-    if isinstance(feat, (DAS, Subspace)):
-        m = feat.mask()
-        return feat.R.detach().float().cpu(), None if m is None else m.nonzero().flatten().tolist()
-    if isinstance(feat, PCA) and not feat.standardize:
-        m = feat.mask()
-        # PCA centres before rotating; the centring cancels in an interchange, so the basis alone is exact
-        return feat.basis.T.detach().float().cpu(), None if m is None else m.nonzero().flatten().tolist()
-    raise FeaturizerError(f"{feat.name} cannot be written in MIB's format (identity or orthonormal subspace "
-                          "with indices); DAS, Neurons, PCA without standardisation and DBM over those can")
-
-
 def export_submission(results: Results, folder: str | Path, variable: str, featurizer: str) -> Path:
     """Write the fitted featurizers of one (variable, featurizer) of ``results`` as a MIB submission."""
     folder = Path(folder)
@@ -64,7 +45,7 @@ def export_submission(results: Results, folder: str | Path, variable: str, featu
         raise ValueError(f"no fitted featurizer '{featurizer}' for variable '{variable}' in the results; "
                          f"there are {sorted({k[:2] for k in results.featurizers})}")
     for (_, _, layer, position), feat in cells:
-        R, indices = _basis_and_indices(feat)
+        R, indices = feat.subspace()
         prefix = str(folder / unit_name(layer, position))
         if R is None:
             info = {"featurizer_class": "IdentityFeaturizerModule",

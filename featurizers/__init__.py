@@ -1,5 +1,5 @@
 """Featurizers: bases in which a hidden vector is split into features for interchange interventions."""
-from .base import Featurizer, FeaturizerError
+from .base import Featurizer, FeaturizerError, Tags
 from .das import DAS, BoundlessDAS
 from .dbm import DBM
 from .neurons import Neurons
@@ -8,5 +8,5 @@ from .sae import SAE
 from .subspace import Subspace
 from .supervised import SupervisedDictionary
 
-__all__ = ["Featurizer", "FeaturizerError", "Neurons", "DAS", "BoundlessDAS", "DBM", "PCA", "SAE",
+__all__ = ["Featurizer", "FeaturizerError", "Tags", "Neurons", "DAS", "BoundlessDAS", "DBM", "PCA", "SAE",
            "SupervisedDictionary", "Subspace"]

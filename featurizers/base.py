@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import inspect
 import json
+from dataclasses import dataclass
 import numbers
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,16 +38,48 @@ class FeaturizerError(ValueError):
     """A featurizer was used or loaded in a way that cannot work (wrong size, not fitted, bad file)."""
 
 
-class Featurizer(nn.Module):
-    """Base class. Subclasses implement ``_build``, ``encode``, ``decode`` and, where they select
-    features, ``mask``; fitted ones implement ``fit_activations``; trainable ones set
-    ``learns_from_interventions = True`` and may override ``soft_mask``/``regularizer``/``set_progress``.
+@dataclass(frozen=True)
+class Tags:
+    """What a featurizer is, declared once (scikit-learn's estimator tags): causalvar and
+    ``featurizers.testing.check_featurizer`` read these instead of checking classes.
+
+    linear: features and error are affine in ``h`` (PCA, DAS, neurons, supervised dictionaries; not an SAE).
+    invertible: ``encode(decode(f, e))[0] == f``: the features are coordinates of a basis, so an
+        interchange hands over exactly the masked features.
+    learns_from: what it is fitted on before use: ``"activations"`` (``fit_activations``: PCA, SAE,
+        supervised) and/or ``"interventions"`` (trainable parameters: DAS, DBM); empty for fixed bases.
     """
 
-    #: needs ``fit_activations(h)`` on the site's activations before use (PCA, SAE, supervised)
-    learns_from_activations: bool = False
-    #: has parameters trained with the interchange objective (DAS, DBM)
-    learns_from_interventions: bool = False
+    linear: bool = True
+    invertible: bool = True
+    learns_from: tuple[str, ...] = ()
+
+
+class Featurizer(nn.Module):
+    """Base class. Subclasses implement ``_build``, ``encode``, ``decode`` and, where they select
+    features, ``mask``; fitted ones implement ``fit_activations``; trainable ones declare
+    ``learns_from=("interventions",)`` in their tags and may override
+    ``soft_mask``/``regularizer``/``set_progress``. Capabilities are declared by overriding
+    ``__featurizer_tags__`` (see ``Tags``).
+    """
+
+    def __featurizer_tags__(self) -> Tags:
+        """This featurizer's ``Tags``; subclasses return ``dataclasses.replace(super()..., ...)``."""
+        return Tags()
+
+    @property
+    def tags(self) -> Tags:
+        return self.__featurizer_tags__()
+
+    @property
+    def learns_from_activations(self) -> bool:
+        """Needs ``fit_activations(h)`` on the site's activations before use (PCA, SAE, supervised)."""
+        return "activations" in self.tags.learns_from
+
+    @property
+    def learns_from_interventions(self) -> bool:
+        """Has parameters trained with the interchange objective (DAS, DBM)."""
+        return "interventions" in self.tags.learns_from
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -135,6 +168,17 @@ class Featurizer(nn.Module):
     def mask(self) -> torch.Tensor | None:
         """Bool ``[k]``: the features an interchange takes from the source; ``None`` means all."""
         return None
+
+    def subspace(self) -> tuple[torch.Tensor | None, list[int] | None]:
+        """``(R, indices)`` when the interchange is "replace the indexed coordinates of ``h R``" for an
+        orthonormal ``R: [d, k]`` (``None``: the identity) and ``indices`` (``None``: all) — the form
+        MIB's submissions take; a ``FeaturizerError`` for featurizers that are not of that form."""
+        raise FeaturizerError(f"{self.name} is not an orthonormal subspace with feature indices; DAS, Neurons, "
+                              "PCA without standardisation, Subspace and DBM over those are")
+
+    def _mask_indices(self) -> list[int] | None:
+        m = self.mask()
+        return None if m is None else m.nonzero().flatten().tolist()
 
     def soft_mask(self) -> torch.Tensor | None:
         """Float ``[k]`` in [0, 1] used while training (DBM, Boundless DAS); ``None``: use ``mask()``."""

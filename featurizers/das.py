@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 from torch import nn
 from torch.nn.utils.parametrizations import orthogonal
 
-from .base import Featurizer, FeaturizerError, check_count, check_temperature
+from .base import Featurizer, FeaturizerError, Tags, check_count, check_temperature
 
 
 class DAS(Featurizer):
@@ -20,7 +21,8 @@ class DAS(Featurizer):
         dim: the subspace size k; ``None`` = the hidden size (a full rotation).
     """
 
-    learns_from_interventions = True
+    def __featurizer_tags__(self) -> Tags:
+        return replace(super().__featurizer_tags__(), learns_from=("interventions",))
 
     def __init__(self, dim: int | None = None):
         super().__init__()
@@ -28,7 +30,7 @@ class DAS(Featurizer):
 
     @property
     def name(self) -> str:
-        return f"das(k={self.dim or self.d or 'd'})"
+        return f"das(k={self.dim or 'd'})"
 
     def _build(self, d: int) -> None:
         k = self.dim or d
@@ -42,6 +44,9 @@ class DAS(Featurizer):
     def R(self) -> torch.Tensor:
         """The orthonormal basis ``[d, k]`` (columns)."""
         return self.rotate.weight.T
+
+    def subspace(self) -> tuple[torch.Tensor, list[int] | None]:
+        return self.R.detach().float().cpu(), self._mask_indices()
 
     def encode(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self._check_input(h)

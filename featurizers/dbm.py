@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
+from dataclasses import replace
 from itertools import chain
 
 import torch
 from torch import nn
 
-from .base import Featurizer, FeaturizerError, check_temperature
+from .base import Featurizer, FeaturizerError, Tags, check_temperature
 
 
 class DBM(Featurizer):
@@ -26,7 +27,9 @@ class DBM(Featurizer):
         temperature: (start, end) of the annealed temperature.
     """
 
-    learns_from_interventions = True
+    def __featurizer_tags__(self) -> Tags:
+        inner = self.featurizer.tags  # a mask over the inner featurizer's features, learned by intervening
+        return replace(inner, learns_from=tuple(dict.fromkeys(inner.learns_from + ("interventions",))))
 
     def __init__(self, featurizer: Featurizer, l1: float = 0.0, temperature: Sequence[float] = (1.0, 0.01)):
         super().__init__()
@@ -42,7 +45,6 @@ class DBM(Featurizer):
         self.l1 = float(l1)
         self.temperature = check_temperature("DBM", temperature)
         self.tau = self.temperature[0]
-        self.learns_from_activations = featurizer.learns_from_activations
         self.fitted = featurizer.fitted
         self.k: int | None = None  # the inner featurizer's feature count, known after build
 
@@ -88,6 +90,9 @@ class DBM(Featurizer):
     def mask(self) -> torch.Tensor:
         """Bool ``[k]``: ``σ(m) > 0.5``."""
         return self.logits.detach() > 0
+
+    def subspace(self) -> tuple[torch.Tensor | None, list[int]]:
+        return self.featurizer.subspace()[0], self._mask_indices()
 
     def set_progress(self, fraction: float) -> None:
         t0, t1 = self.temperature

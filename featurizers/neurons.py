@@ -57,6 +57,9 @@ class Neurons(Featurizer):
     def mask(self) -> torch.Tensor | None:
         return None if self.dims is None else self._mask
 
+    def subspace(self) -> tuple[None, list[int] | None]:
+        return None, self.dims
+
     def interchange(self, h_base: torch.Tensor, h_source: torch.Tensor) -> torch.Tensor:
         # exact: no arithmetic on the kept coordinates
         self._check_input(h_base)

@@ -1,9 +1,11 @@
 """Principal components of the site's activations (a frozen rotation)."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
-from .base import Featurizer, FeaturizerError, check_count
+from .base import Featurizer, FeaturizerError, Tags, check_count
 
 
 class PCA(Featurizer):
@@ -16,7 +18,8 @@ class PCA(Featurizer):
         standardize: z-score each dimension before PCA (MIB's PCA); σ = 1 otherwise (and for constant dims).
     """
 
-    learns_from_activations = True
+    def __featurizer_tags__(self) -> Tags:
+        return replace(super().__featurizer_tags__(), learns_from=("activations",))
 
     def __init__(self, n_components: int | None = None, standardize: bool = False):
         super().__init__()
@@ -66,3 +69,9 @@ class PCA(Featurizer):
 
     def mask(self) -> torch.Tensor | None:
         return None if self.n_components is None else self._mask
+
+    def subspace(self) -> tuple[torch.Tensor, list[int] | None]:
+        if self.standardize:
+            return super().subspace()  # the z-scoring makes the features non-orthonormal in h
+        # PCA centres before rotating; the centring cancels in an interchange, so the basis alone is exact
+        return self.basis.T.detach().float().cpu(), self._mask_indices()

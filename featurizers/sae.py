@@ -3,12 +3,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
 import torch
 
-from .base import Featurizer, FeaturizerError, check_count, check_indices
+from .base import Featurizer, FeaturizerError, Tags, check_count, check_indices
 
 
 class SAE(Featurizer):
@@ -47,11 +48,16 @@ class SAE(Featurizer):
         self.lr = float(lr)
         self.l1_coefficient = float(l1_coefficient)
         self._given = sae is not None
-        self.learns_from_activations = sae is None and release is None and path is None
         self._sae_cfg: dict | None = None  # the sae-lens config of a saved featurizer
         self.sae = None
         if sae is not None:
             self._set_sae(sae)
+
+    def __featurizer_tags__(self) -> Tags:
+        # trained here unless an SAE was given (an object, a saved one, or a pretrained release)
+        trained_here = not self._given and self.release is None and self.path is None
+        return replace(super().__featurizer_tags__(), linear=False, invertible=False,
+                       learns_from=("activations",) if trained_here else ())
 
     @property
     def name(self) -> str:
@@ -154,7 +160,6 @@ class SAE(Featurizer):
     def _load_extra_state(self, extra: dict) -> None:
         self._sae_cfg = extra.get("sae_cfg")
         self._given = bool(extra.get("given", False))
-        self.learns_from_activations = not self._given and self.release is None and self.path is None
 
 
 def _batches(x: torch.Tensor, batch: int) -> Iterator[torch.Tensor]:

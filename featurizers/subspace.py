@@ -60,3 +60,6 @@ class Subspace(Featurizer):
 
     def mask(self) -> torch.Tensor | None:
         return None if self.dims is None else self._mask
+
+    def subspace(self) -> tuple[torch.Tensor, list[int] | None]:
+        return self.R.detach().float().cpu(), self._mask_indices()

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 
-from .base import Featurizer, FeaturizerError
+from .base import Featurizer, FeaturizerError, Tags
 
 
 class SupervisedDictionary(Featurizer):
@@ -17,7 +18,9 @@ class SupervisedDictionary(Featurizer):
     span(U) by the source's.
     """
 
-    learns_from_activations = True
+    def __featurizer_tags__(self) -> Tags:
+        # affine, but its atoms are linearly dependent: the pseudo-inverse does not give back any f
+        return replace(super().__featurizer_tags__(), invertible=False, learns_from=("activations",))
 
     def __init__(self):
         super().__init__()

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from featurizers import (DAS, DBM, PCA, SAE, BoundlessDAS, Featurizer, FeaturizerError, Neurons,
-                         Subspace, SupervisedDictionary)
+                         Subspace, SupervisedDictionary, Tags)
+from featurizers.testing import check_featurizer
 
 D, N = 16, 200
 SAE_FAST = dict(train_tokens=6_400, batch_size=64)
@@ -42,7 +43,6 @@ CASES = {
     "dbm_sae": lambda: DBM(SAE(k=4, **SAE_FAST)),
     "subspace": lambda: Subspace.from_matrix(torch.linalg.qr(torch.randn(D, 5)).Q, dims=[0, 2]),
 }
-NONLINEAR = {"sae", "sae_topk_dims", "sae_object", "dbm_sae"}
 _CACHE: dict[str, Featurizer] = {}
 
 
@@ -57,106 +57,54 @@ def _fitted(case: str) -> Featurizer:
     return _CACHE[case]
 
 
-@pytest.fixture(params=list(CASES))
-def case(request) -> tuple[str, Featurizer]:
-    return request.param, copy.deepcopy(_fitted(request.param))
-
-
 def _close(a: torch.Tensor, b: torch.Tensor, atol: float = 1e-5) -> None:
     torch.testing.assert_close(a, b, atol=atol, rtol=0)
 
 
 # ------------------------------------------------------------------------------------------ conformance
-def test_round_trip(case):
-    _, feat = case
-    f, err = feat.encode(H)
-    assert f.shape[:-1] == H.shape[:-1] and err.shape == H.shape
-    _close(feat.decode(f, err), H)
-    h3 = H.view(20, 10, D)  # any leading shape
-    _close(feat.decode(*feat.encode(h3)), h3)
+@pytest.mark.parametrize("name", list(CASES))
+def test_check_featurizer(name):
+    """Every featurizer passes the public conformance suite (featurizers.testing.check_featurizer)."""
+    feat = CASES[name]()
+    checked = check_featurizer(feat, d=D)
+    assert checked is not feat and feat.d in (None, D) and checked.d == D
 
 
-def test_self_interchange(case):
-    _, feat = case
-    for training in (True, False):
-        feat.train(training)
-        _close(feat.interchange(H, H), H)
+class _DropsTheError(Neurons):
+    """A broken featurizer: its decode forgets the error term."""
+
+    def encode(self, h):
+        return h[..., :2], h - torch.nn.functional.pad(h[..., :2], (0, h.shape[-1] - 2))
+
+    def decode(self, f, err):
+        return torch.nn.functional.pad(f, (0, err.shape[-1] - f.shape[-1]))
+
+    def interchange(self, h_base, h_source):
+        return Featurizer.interchange(self, h_base, h_source)
 
 
-def test_interchange_takes_masked_features(case):
-    name, feat = case
-    if name in NONLINEAR or isinstance(feat, SupervisedDictionary):
-        pytest.skip("encode(decode(f, e)) == f holds only for linear featurizers with an invertible basis")
-    feat.eval()
-    hb, hs = acts(seed=1), acts(seed=2)
-    f_b, f_s, f_out = feat.encode(hb)[0], feat.encode(hs)[0], feat.encode(feat.interchange(hb, hs))[0]
-    m = feat.mask()
-    _close(f_out, f_s if m is None else torch.where(m, f_s, f_b), atol=1e-4)
+def test_check_featurizer_names_the_check_a_broken_featurizer_fails():
+    with pytest.raises(AssertionError, match=r"check_featurizer\(full_vector\): round trip"):
+        check_featurizer(_DropsTheError())
 
 
-def test_save_load(case, tmp_path):
-    _, feat = case
-    feat.eval()
-    feat.save(tmp_path)
+def test_tags_declare_what_each_featurizer_is():
+    tags = {name: CASES[name]().tags for name in CASES}
+    assert tags["das"] == Tags(linear=True, invertible=True, learns_from=("interventions",))
+    assert tags["pca"].learns_from == ("activations",) and tags["neurons"].learns_from == ()
+    assert not tags["sae"].linear and tags["sae_object"].learns_from == ()  # a given SAE is not retrained
+    assert tags["supervised"] == Tags(linear=True, invertible=False, learns_from=("activations",))
+    assert tags["dbm_pca"].learns_from == ("activations", "interventions") and not tags["dbm_sae"].invertible
+    assert DAS().name == DAS().build(D).name == "das(k=d)"  # a name is fixed at construction
+
+
+def test_saved_files_and_clones_keep_what_they_hold(tmp_path):
+    feat = _fitted("sae_object")
+    assert feat.clone().sae is feat.sae  # a given SAE is shared, not retrained
+    das = DAS(dim=3).build(D)
+    das.save(tmp_path)
     meta = json.loads((tmp_path / "featurizer.json").read_text())
-    assert meta["class"] == type(feat).__name__ and meta["d"] == D
-    loaded = Featurizer.load(tmp_path, d=D).eval()
-    assert type(loaded) is type(feat) and loaded.config() == feat.config() and loaded.name == feat.name
-    assert loaded.fitted == feat.fitted
-    for a, b in zip(feat.encode(H), loaded.encode(H)):
-        torch.testing.assert_close(a, b, atol=0, rtol=0)
-    hs = acts(seed=3)
-    torch.testing.assert_close(feat.interchange(H, hs), loaded.interchange(H, hs), atol=0, rtol=0)
-    assert loaded.summary() == feat.summary()
-
-
-def test_dtype_moves(case):
-    _, feat = case
-    feat.to(torch.float64)
-    h64 = H.double()
-    f, err = feat.encode(h64)
-    assert f.dtype == torch.float64 and err.dtype == torch.float64
-    _close(feat.decode(f, err), h64, atol=1e-10)
-    _close(feat.interchange(h64, h64), h64, atol=1e-10)
-    feat.to(torch.float32)
-    assert feat.encode(H)[0].dtype == torch.float32
-    _close(feat.decode(*feat.encode(H)), H)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_device_moves(case):
-    _, feat = case
-    hc = H.cuda()
-    feat.cuda()
-    _close(feat.decode(*feat.encode(hc)), hc)
-    _close(feat.interchange(hc, hc), hc)
-    feat.cpu()
-    _close(feat.decode(*feat.encode(H)), H)
-
-
-def test_clone(case):
-    name, feat = case
-    twin = feat.clone()
-    assert type(twin) is type(feat) and twin.config() == feat.config()
-    json.dumps(twin.config())
-    assert twin.d is None and not twin.fitted
-    assert twin.learns_from_activations == feat.learns_from_activations
-    if name == "sae_object":
-        assert twin.sae is feat.sae  # a given SAE is shared, not retrained
-    torch.manual_seed(0)
-    twin.build(D).fit_activations(H, LABELS)  # built first, as causalvar.train.fit does
-    twin.check_ready(D)
-    assert twin.encode(H)[0].shape == feat.encode(H)[0].shape
-    _close(twin.decode(*twin.encode(H)), H)
-
-
-def test_wrong_size_refused(case, tmp_path):
-    _, feat = case
-    feat.save(tmp_path)
-    with pytest.raises(FeaturizerError, match=f"hidden size {D}.*size {D + 1}"):
-        Featurizer.load(tmp_path, d=D + 1)
-    with pytest.raises(FeaturizerError, match="size"):
-        feat.build(D + 1)
+    assert meta["class"] == "DAS" and meta["d"] == D and meta["config"] == {"dim": 3}
 
 
 def test_unfitted_use_refused():
@@ -173,7 +121,7 @@ def test_das_full_dimension_is_full_vector_interchange():
     das = DAS().build(D)
     hb, hs = acts(seed=1), acts(seed=2)
     _close(das.interchange(hb, hs), hs)
-    assert das.name == f"das(k={D})"
+    assert das.name == "das(k=d)"
 
 
 def test_das_subspace_interchange_and_orthonormal_after_training():
