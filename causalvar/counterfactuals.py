@@ -22,6 +22,14 @@ class CounterfactualError(ValueError):
     """A counterfactual dataset could not be built or was used incorrectly."""
 
 
+class NoEffectWarning(UserWarning):
+    """No interchange of the variable changes the high-level output: its score cannot tell anything."""
+
+
+class DuplicatePairsWarning(UserWarning):
+    """The scored pairs repeat (base, source) pairs, so their count overstates the evidence."""
+
+
 class Row(NamedTuple):
     """One counterfactual pair with its labels."""
 
@@ -126,6 +134,12 @@ class CounterfactualDataset:
 
     def __iter__(self) -> Iterator[Row]:
         return (self[i] for i in range(len(self)))
+
+    def n_distinct(self) -> int:
+        """How many distinct (base, source) pairs the rows hold: pairs are drawn independently, so a
+        small input space repeats them (27 settings give 729 pairs, whatever ``n`` asks)."""
+        key = lambda setting: repr(sorted(setting.items()))
+        return len({(key(b), key(s)) for b, s in zip(self.bases, self.sources)})
 
     def subset(self, indices: Iterable[int]) -> CounterfactualDataset:
         """A new dataset with the rows at ``indices``, in that order."""

@@ -146,8 +146,9 @@ class Engine:
         self.batch_size = batch_size
         self.store = ActivationStore(max_memory_gb)
 
-    def _chunks(self, n: int) -> list[slice]:
-        return [slice(i, min(i + self.batch_size, n)) for i in range(0, n, self.batch_size)]
+    def _chunks(self, n: int, size: int | None = None) -> list[slice]:
+        size = size or self.batch_size
+        return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
     def positions(self, batch: Batch, site: Site) -> torch.Tensor | None:
         """Token index ``[n]`` of the site's position in each row (``None``: no sequence axis)."""
@@ -199,10 +200,11 @@ class Engine:
 
     # ------------------------------------------------------------------ interventions
     @torch.no_grad()
-    def prepare(self, batch: Batch, sites: Sequence[Site]) -> Prepared:
+    def prepare(self, batch: Batch, sites: Sequence[Site], batch_size: int | None = None) -> Prepared:
         """Ready the base rows for interventions at ``sites`` (one forward per chunk where the
-        adapter supports suffix execution)."""
-        slices = self._chunks(len(batch))
+        adapter supports suffix execution), in chunks of ``batch_size`` rows (default: the engine's).
+        Training steps one chunk at a time, so a training split's chunks are its optimiser batches."""
+        slices = self._chunks(len(batch), batch_size)
         prepared = Prepared([batch.select(c).to(self.adapter.device) for c in slices], slices)
         for s in sites:
             prepared.starts[s] = self.adapter.block_index(s) if self.adapter.supports_suffix else None

@@ -1,23 +1,25 @@
 """The sweep: every (variable × featurizer × layer × position) cell, fitted and scored."""
 from __future__ import annotations
 
+import copy
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from featurizers import Featurizer
+from featurizers import Featurizer, FeaturizerError
 
-from .cells import Split, build_splits, evaluate, fit_activations
-from .counterfactuals import CounterfactualDataset
+from .cells import Split, baseline, build_splits, drawn_splits, evaluate, fit_activations, warn_no_effect
+from .counterfactuals import CounterfactualDataset, DuplicatePairsWarning
 from .engine import Engine
 from .metrics import score_row
 from .models import as_adapter
 from .results import Results, featurizer_dir
 from .runstore import RunStore
 from .sites import Site
-from .train import train
+from .train import check_count, check_training, train
 
 
 def _as_list(x) -> list:
@@ -26,13 +28,84 @@ def _as_list(x) -> list:
     return list(x) if isinstance(x, (list, tuple, range)) else [x]
 
 
+def _as_layers(layers) -> list:
+    """``layers`` as a list: one int or module path is one layer, the way ``variable`` takes one name."""
+    if isinstance(layers, (int, str)):
+        return [layers]
+    if layers is None or not isinstance(layers, Sequence) or not len(layers):
+        raise ValueError(f"layers must be a block index, a module path, or a non-empty list of them "
+                         f"(e.g. layers=[0, 1, 2] or layers=range(12)), got {layers!r}")
+    return list(layers)
+
+
+def _trained(f: Featurizer) -> bool:
+    """Whether a featurizer that learns from interventions already holds trained parameters (it was
+    fitted, or loaded with ``Featurizer.load``): built for a hidden size."""
+    return f.learns_from_interventions and f.d is not None
+
+
+def _check_featurizers(featurizer, n_train: int) -> list[Featurizer]:
+    """The featurizers as a list, refused before any work when they are classes, untrainable with
+    ``n_train`` pairs, or already trained while ``n_train`` asks to train them again."""
+    feats = _as_list(featurizer)
+    for f in feats:
+        if isinstance(f, type) and issubclass(f, Featurizer):
+            raise ValueError(f"featurizer {f.__name__} is a class; pass an instance, e.g. {f.__name__}() "
+                             "(with its hyperparameters: DAS(dim=8), Neurons(dims=[0, 3]), PCA(n_components=8))")
+        if not isinstance(f, Featurizer):
+            raise ValueError(f"featurizer must be a Featurizer instance (e.g. Neurons(), DAS(dim=8)), got {f!r} "
+                             f"of type {type(f).__name__}")
+        if _trained(f) and n_train > 0:
+            raise ValueError(f"{f.name} is already trained (on hidden size {f.d}) and n_train={n_train} would "
+                             "train it again; pass n_train=0 to score it as is, or featurizer.clone() to train "
+                             "a new one")
+        if f.learns_from_interventions and not _trained(f) and n_train <= 0:
+            raise ValueError(f"{f.name} learns from interventions; n_train must be > 0 (or pass a trained one, "
+                             "e.g. Featurizer.load(path), with n_train=0 to score it as is)")
+        if f.learns_from_activations and not f.fitted and n_train <= 0:
+            raise ValueError(f"{f.name} must be fitted on activations; pass n_train > 0 or a fitted featurizer")
+    names = [f.name for f in feats]
+    if len(set(names)) != len(names):
+        raise ValueError(f"featurizers must have distinct names, got {names}")
+    return feats
+
+
+def _check_sites(feats: Sequence[Featurizer], sizes: dict[Site, int]) -> None:
+    """Every featurizer must fit every site's hidden size (from the capture pass): checked for all
+    cells before any is fitted or scored, naming the layer."""
+    for f in feats:
+        fits: set[int] = set()
+        for s, d in sizes.items():
+            where = f"layer {s.layer!r}" + ("" if s.position is None else f" (position {s.position!r})")
+            if f.d is not None and f.d != d:
+                raise FeaturizerError(f"{f.name} was fitted on hidden size {f.d}, but {where} has size {d}; pass "
+                                      f"a featurizer fitted at a site of size {d}, or featurizer.clone() to fit "
+                                      "a new one in every cell")
+            if f.d is None and d not in fits:
+                try:  # a throwaway twin: the cells build their own
+                    (copy.deepcopy(f) if f.fitted else f.clone()).build(d)
+                except ValueError as e:
+                    raise FeaturizerError(f"{f.name} does not fit {where}, whose activations have size {d}: "
+                                          f"{e}") from e
+                fits.add(d)
+
+
+def _cell_featurizer(f: Featurizer) -> Featurizer:
+    """The featurizer a cell fits and scores: a trained or fitted one as is (``n_train=0`` scores it), a
+    copy where a fitted one is still to be trained (DBM over a fitted PCA: the same start in every
+    cell, the user's object untouched), else a fresh clone."""
+    if _trained(f) or (f.fitted and not f.learns_from_interventions):
+        return f
+    return copy.deepcopy(f) if f.fitted else f.clone()
+
+
 def localize(model, task, variable: str | Sequence[str], featurizer: Featurizer | Sequence[Featurizer],
-             layers: Sequence[int | str], positions=None, n_train: int = 1000, n_test: int = 200,
+             layers: int | str | Sequence[int | str], positions=None, n_train: int = 1000, n_test: int = 200,
              seed: int = 0, data: CounterfactualDataset | dict | None = None, batch_size: int = 64,
              epochs: int = 3, lr: float = 1e-2, val_fraction: float = 0.2, patience: int = 3,
              filter_correct: bool = True,
              changes_output: bool = False, component: str = "output", out: str | Path | None = None,
-             progress: bool = True, max_memory_gb: float | None = 4.0) -> Results:
+             progress: bool = True, max_memory_gb: float | None = 4.0, train_batch_size: int = 64) -> Results:
     """Localize ``variable`` (one or several) with ``featurizer`` (one or several) at every
     ``layers`` × ``positions`` cell, and score each on held-out pairs by the task's metric (IIA;
     tasks with real-valued outputs name theirs, e.g. the squared error of IOI's logit difference).
@@ -40,15 +113,25 @@ def localize(model, task, variable: str | Sequence[str], featurizer: Featurizer 
     Args:
         model: a torch module, a ``cv.HFModel``/``cv.load_model(...)`` adapter, or a model name.
         task: a ``cv.Task`` / ``cv.PromptTask`` whose causal model has ``variable``.
-        layers: ints index blocks, strings name modules. positions: ints, "last", task roles, or
-            ``None`` for networks without a sequence axis.
+        featurizer: instances (``DAS(dim=8)``, not ``DAS``). One already trained or fitted (e.g. loaded
+            with ``Featurizer.load``) is scored as is with ``n_train=0``; a trained DAS/DBM with
+            ``n_train > 0`` is refused (``featurizer.clone()`` trains a new one).
+        layers: one layer or a list; ints index blocks, strings name modules. positions: ints, "last",
+            task roles, or ``None`` for networks without a sequence axis.
         n_train: training pairs per variable (0 for featurizers that learn nothing, e.g. Neurons or a
             fitted PCA); a ``val_fraction`` of them is held out for early stopping of trainable ones.
         n_test: evaluation pairs. data: a dataset, a list of datasets (MIB's counterfactual sets: the
             featurizer is trained on all their training pairs and scored on each one's test pairs; the
             table's ``dataset`` column names the set), or {variable: dataset(s)}. By default the task's
-            ``counterfactual_sets`` (random pairs unless the task names others). ``n_train`` and
-            ``n_test`` count pairs per set.
+            ``counterfactual_sets`` (random pairs unless the task names others), drawn in rounds until
+            ``n_train + n_test`` pairs per set survive the filter (up to 10x that many candidates).
+            ``n_train`` and ``n_test`` count pairs per set. Pairs are drawn independently, so a small
+            input space repeats them: each row's ``n_distinct`` counts the distinct (base, source)
+            pairs among its ``n``, and a ``DuplicatePairsWarning`` says when under 90% are distinct (the
+            interval ``ci_low``..``ci_high`` counts repeats as new evidence).
+        batch_size: rows per forward when capturing activations and evaluating; no number depends on it.
+        train_batch_size: training pairs per AdamW step of DAS/DBM; the trained featurizers (and so
+            their scores) depend on it.
         epochs, lr, patience: training of DAS/DBM (AdamW on the featurizer only), stopping after
             ``patience`` epochs without a better validation IIA.
         filter_correct: score only pairs the network gets right on base and source (MIB).
@@ -57,23 +140,24 @@ def localize(model, task, variable: str | Sequence[str], featurizer: Featurizer 
             same settings resumes where it stopped; the final results are saved there.
         max_memory_gb: captured activations kept in memory; the rest goes to memory-mapped files
             (``None``: no bound).
-    Returns: ``Results`` (``.table``, ``.heatmap(path)``, ``.save(dir)``).
+    Returns: ``Results`` (``.table``, ``.heatmap(path)``, ``.save(dir)``). Each row holds the metric, its
+    ``baseline`` (the metric with nothing interchanged: the network's own outputs on the bases scored
+    against the counterfactual labels), ``n``, ``n_distinct`` and a 95% interval.
+    Warns ``NoEffectWarning`` when no pair's counterfactual label differs from its base's output.
     """
+    check_count("seed", seed, 0, "the same seed gives the same table")
+    check_count("n_train", n_train, 0, "training pairs per set")
+    check_count("n_test", n_test, 1, "evaluation pairs per set")
+    check_count("batch_size", batch_size, 1, "rows per forward")
+    check_training(epochs, lr, val_fraction, patience, train_batch_size)
     adapter = as_adapter(model)
     variables = _as_list(variable)
-    feats = _as_list(featurizer)
+    layers = _as_layers(layers)
+    feats = _check_featurizers(featurizer, n_train)
     cm = task.causal_model
     for v in variables:
         if v not in cm.variables:
             raise ValueError(f"unknown variable '{v}'; the causal model's variables are {list(cm.variables)}")
-    names = [f.name for f in feats]
-    if len(set(names)) != len(names):
-        raise ValueError(f"featurizers must have distinct names, got {names}")
-    for f in feats:
-        if f.learns_from_interventions and n_train <= 0:
-            raise ValueError(f"{f.name} learns from interventions; n_train must be > 0")
-        if f.learns_from_activations and not f.fitted and n_train <= 0:
-            raise ValueError(f"{f.name} must be fitted on activations; pass n_train > 0 or a fitted featurizer")
     sites = [Site(layer, pos, component) for layer in layers for pos in _as_list(positions)]
     for s in sites:
         adapter.module_path(s)  # unknown layers fail before any work
@@ -81,7 +165,7 @@ def localize(model, task, variable: str | Sequence[str], featurizer: Featurizer 
             "featurizers": [{"name": f.name, "class": type(f).__name__, "config": f.config()} for f in feats],
             "layers": [str(x) for x in layers], "positions": [str(p) for p in _as_list(positions)],
             "n_train": n_train, "n_test": n_test, "seed": seed, "epochs": epochs, "lr": lr,
-            "filter_correct": filter_correct, "component": component,
+            "train_batch_size": train_batch_size, "filter_correct": filter_correct, "component": component,
             "metric": task.metric, "lower_is_better": task.lower_is_better, "data": {}}
     store = RunStore(out, {k: v for k, v in meta.items() if k != "data"}) if out is not None else None
     done = store.done() if store else {}
@@ -89,28 +173,29 @@ def localize(model, task, variable: str | Sequence[str], featurizer: Featurizer 
     results = Results(meta=meta)
     total = len(variables) * len(feats) * len(sites)
     bar = tqdm(total=total, desc="localize", disable=not progress)
+    checked = False
     for v in variables:
-        given = data.get(v) if isinstance(data, dict) else data
-        if given is None:  # the task's counterfactual sets, with headroom for the pairs the filter drops
-            n = n_train + n_test
-            given = task.counterfactual_sets(v, n + (n // 4 + 8 if filter_correct else 0), seed=seed,
-                                             changes_output=changes_output)
-        datasets = list(given) if isinstance(given, (list, tuple)) else [given]
-        for ds in datasets:
-            if ds.variable != v:
-                raise ValueError(f"the dataset '{ds.name}' given for variable '{v}' interchanges '{ds.variable}'")
-        if len({ds.name for ds in datasets}) != len(datasets):
-            raise ValueError(f"the counterfactual sets of variable '{v}' need distinct names, got "
-                             f"{[ds.name for ds in datasets]}")
         n_val = int(round(n_train * val_fraction)) if any(f.learns_from_interventions for f in feats) else 0
-        parts = []
-        for ds in datasets:
-            split, kept = build_splits(engine, ds, sites, [n_train - n_val, n_val, n_test], seed=seed,
-                                       filter_correct=filter_correct)
-            parts.append(split)
-            meta["data"][f"{v}/{ds.name}"] = kept.report
-        tr, val = Split.concat([p[0] for p in parts], engine.store), Split.concat([p[1] for p in parts], engine.store)
-        tests = {ds.name: p[2] for ds, p in zip(datasets, parts)}
+        sizes, chunks = [n_train - n_val, n_val, n_test], [train_batch_size, batch_size, batch_size]
+        built = _splits(engine, v, data.get(v) if isinstance(data, dict) else data, sites, sizes, chunks, seed,
+                        filter_correct, changes_output)
+        warn_no_effect(v, [kept for _, kept in built], cm.output)
+        tr = Split.concat([p[0] for p, _ in built], engine.store)
+        val = Split.concat([p[1] for p, _ in built], engine.store)
+        if not checked:
+            _check_sites(feats, {s: tr.sources[s].shape[-1] for s in sites})
+            checked = True
+        tests, distinct = {}, {}
+        for (_, _, te), kept in built:
+            tests[kept.name], distinct[kept.name] = te, kept.subset(te.rows).n_distinct()
+            meta["data"][f"{v}/{kept.name}"] = kept.report + [
+                f"test pairs: {len(te)}, of which {distinct[kept.name]} distinct (base, source) pairs"]
+            if distinct[kept.name] < 0.9 * len(te):
+                warnings.warn(DuplicatePairsWarning(
+                    f"the {len(te)} test pairs of variable '{v}' (set '{kept.name}') hold only "
+                    f"{distinct[kept.name]} distinct (base, source) pairs: the input space is small, so pairs "
+                    "repeat and the interval (ci_low, ci_high), which counts each as new evidence, is narrower "
+                    "than the data support; read n_distinct, or lower n_test"), stacklevel=2)
         for f in feats:
             for s in sites:
                 key = (v, f.name, str(s.layer), str(s.position))
@@ -123,12 +208,12 @@ def localize(model, task, variable: str | Sequence[str], featurizer: Featurizer 
                     bar.update(1)
                     continue
                 torch.manual_seed(seed)
-                cell = f if f.fitted else f.clone()
-                cell.build(tr.sources[s].shape[-1] if len(tr) else next(iter(tests.values())).sources[s].shape[-1])
+                cell = _cell_featurizer(f)
+                cell.build(tr.sources[s].shape[-1])
                 info = {}
                 if cell.learns_from_activations and not cell.fitted:
                     fit_activations(cell, tr, s)
-                if cell.learns_from_interventions:
+                if cell.learns_from_interventions and n_train > 0:
                     hist = train(engine, cell, s, tr, val if len(val) else None, epochs=epochs, lr=lr,
                                  seed=seed, patience=patience, progress=progress, desc=f"train {f.name} {v} {s}")
                     info.update(epochs_run=hist["epochs"], final_loss=round(hist["loss"][-1], 5))
@@ -137,7 +222,8 @@ def localize(model, task, variable: str | Sequence[str], featurizer: Featurizer 
                 for name, te in tests.items():
                     _, scores = evaluate(engine, te, s, cell)
                     rows.append({"variable": v, "featurizer": f.name, "layer": s.layer, "position": s.position,
-                                 "dataset": name, **score_row(scores, task.metric), **info, **cell.summary()})
+                                 "dataset": name, **score_row(scores, task.metric), "baseline": baseline(task, te),
+                                 "n_distinct": distinct[name], **info, **cell.summary()})
                 if store:
                     store.write_cell(rows, cell, key)
                 results.rows += rows
@@ -146,3 +232,20 @@ def localize(model, task, variable: str | Sequence[str], featurizer: Featurizer 
     if out is not None:
         results.save(out)
     return results
+
+
+def _splits(engine: Engine, variable: str, given, sites, sizes, chunks, seed, filter_correct, changes_output):
+    """(splits, filtered dataset) per counterfactual set of ``variable``: the sets given, or the task's
+    drawn until enough pairs survive the filter."""
+    if given is None:
+        return drawn_splits(engine, variable, sites, sizes, seed=seed, filter_correct=filter_correct,
+                            changes_output=changes_output, batch_sizes=chunks)
+    datasets = list(given) if isinstance(given, (list, tuple)) else [given]
+    for ds in datasets:
+        if ds.variable != variable:
+            raise ValueError(f"the dataset '{ds.name}' given for variable '{variable}' interchanges '{ds.variable}'")
+    if len({ds.name for ds in datasets}) != len(datasets):
+        raise ValueError(f"the counterfactual sets of variable '{variable}' need distinct names, got "
+                         f"{[ds.name for ds in datasets]}")
+    return [build_splits(engine, ds, sites, sizes, seed=seed, filter_correct=filter_correct, batch_sizes=chunks)
+            for ds in datasets]

@@ -8,13 +8,15 @@ the engine's suffix execution, so each costs only the blocks after the site.
 from __future__ import annotations
 
 import copy
+import math
+import numbers
 
 import torch
 from tqdm.auto import tqdm
 
 from featurizers import Featurizer
 
-from .cells import Split, build_splits, evaluate, fit_activations
+from .cells import Split, build_splits, evaluate, fit_activations, network_nonfinite, warn_no_effect
 from .counterfactuals import CounterfactualDataset
 from .engine import Engine
 from .models import as_adapter
@@ -25,12 +27,31 @@ class TrainingError(RuntimeError):
     """Training could not go on (e.g. the loss became NaN)."""
 
 
+def check_count(name: str, value, minimum: int, what: str) -> None:
+    """Refuse ``value`` unless it is an int >= ``minimum`` (``what`` says what it counts)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum} ({what}), got {value!r}")
+
+
+def check_training(epochs, lr, val_fraction, patience=2, train_batch_size=64) -> None:
+    """Refuse training settings that cannot work, before any data is drawn or any forward runs."""
+    check_count("epochs", epochs, 1, "passes over the training pairs")
+    check_count("patience", patience, 1, "epochs without a better validation score before stopping")
+    check_count("train_batch_size", train_batch_size, 1, "training pairs per optimiser step")
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a positive number (AdamW's learning rate, e.g. 1e-2), got {lr!r}")
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, numbers.Real) or not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be a number in [0, 1) (the share of training pairs held out for "
+                         f"early stopping), got {val_fraction!r}")
+
+
 def train(engine: Engine, featurizer: Featurizer, site: Site, data: Split, val: Split | None = None,
           epochs: int = 3, lr: float = 1e-2, seed: int = 0, patience: int = 2,
           progress: bool = True, desc: str = "") -> dict:
     """Train ``featurizer`` (already built/fitted) at ``site`` on the split ``data``.
 
-    Each epoch visits the split's chunks in a seeded random order. With ``val``, the task's metric
+    Each epoch visits the split's prepared chunks in a seeded random order, one AdamW step per chunk
+    (``build_splits(..., batch_sizes=[train_batch_size, ...])`` sizes them). With ``val``, the task's metric
     (IIA, or e.g. a squared error where lower is better) is measured after every epoch, the best state
     is kept and training stops after ``patience`` epochs without improvement. Returns the history:
     loss per epoch, validation score per epoch (``val_score``), epochs run.
@@ -56,8 +77,13 @@ def train(engine: Engine, featurizer: Featurizer, site: Site, data: Split, val: 
             logits = engine.run_chunk(data.prepared, k, site, featurizer, data.sources[site][chunk])
             loss = engine.task.loss(logits, data.labels[chunk]) + featurizer.regularizer()
             if not torch.isfinite(loss):
-                raise TrainingError(f"the loss became {loss.item()} at epoch {epoch}, step {step} while training "
-                                    f"{featurizer.name} at {site}; lower the learning rate (lr={lr})")
+                where = f"the loss became {loss.item()} at epoch {epoch}, step {step} while training {featurizer.name} at {site}"
+                cause = network_nonfinite(data, site, chunk)
+                if cause:
+                    raise TrainingError(f"{where}: {cause}; the network produced them, not the training (the "
+                                        "learning rate is not the cause): check its weights and the task's encode")
+                raise TrainingError(f"{where}, while the network's own outputs on these pairs are finite: training "
+                                    f"diverged; lower the learning rate (lr={lr})")
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -86,21 +112,27 @@ def train(engine: Engine, featurizer: Featurizer, site: Site, data: Split, val: 
 
 def fit(featurizer: Featurizer, model, task, variable: str, site: Site,
         data: CounterfactualDataset, epochs: int = 3, lr: float = 1e-2, batch_size: int = 64,
-        val_fraction: float = 0.2, seed: int = 0, filter_correct: bool = True, progress: bool = True) -> Featurizer:
+        val_fraction: float = 0.2, seed: int = 0, filter_correct: bool = True, progress: bool = True,
+        train_batch_size: int = 64) -> Featurizer:
     """Fit ``featurizer`` at one ``site`` for ``variable`` on the counterfactual dataset ``data``:
     on activations where it needs them, then with the interchange objective where it is trainable
     (a ``val_fraction`` of the pairs held out for early stopping). Returns the fitted featurizer.
 
+    ``batch_size``: rows per forward when capturing activations and evaluating (no number depends on
+    it). ``train_batch_size``: training pairs per AdamW step of DAS/DBM (the results depend on it).
     ``DAS(dim=8).fit(model, task, "left", cv.Site(1), data)`` is the short form of this call.
     """
     if data.variable != variable:
         raise ValueError(f"the dataset interchanges '{data.variable}', not '{variable}'")
+    check_training(epochs, lr, val_fraction, train_batch_size=train_batch_size)
     if not isinstance(site, Site):
         site = Site(site)
     engine = Engine(as_adapter(model), task, batch_size=batch_size)
     trainable = featurizer.learns_from_interventions
     parts = [1.0 - val_fraction, None] if trainable and val_fraction > 0 else [None]
-    splits, _ = build_splits(engine, data, [site], parts, seed=seed, filter_correct=filter_correct)
+    splits, kept = build_splits(engine, data, [site], parts, seed=seed, filter_correct=filter_correct,
+                                batch_sizes=[train_batch_size] + [batch_size] * (len(parts) - 1))
+    warn_no_effect(variable, [kept], task.causal_model.output)
     train_split, val_split = splits[0], (splits[1] if len(splits) > 1 and len(splits[1]) else None)
     featurizer.build(train_split.sources[site].shape[-1])
     if featurizer.learns_from_activations:

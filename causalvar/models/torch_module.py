@@ -37,13 +37,33 @@ class TorchModel(Adapter):
             raise ModelError(f"blocks {missing} are not modules of the network")
         self.supports_suffix = self._sequential
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the network's parameters (float32 without any)."""
+        p = next((p for p in self.module.parameters() if p.is_floating_point()), None)
+        return torch.float32 if p is None else p.dtype
+
+    def _inputs(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """The batch's inputs, float ones cast to the network's dtype (a ``net.double()`` or bfloat16
+        network takes the task's float32 encoding as is)."""
+        return {k: v.to(self.dtype) if v.is_floating_point() else v for k, v in batch.inputs.items()}
+
     def forward(self, batch: Batch) -> torch.Tensor:
-        inputs = batch.inputs
-        return self.module(*inputs.values()) if len(inputs) == 1 else self.module(**inputs)
+        """Logits ``[n, n_classes]`` (float32) of the inputs, e.g. ``x: [n, d_in]``; a network that
+        rejects the shape the task's encode produced raises ``ModelError`` naming it."""
+        inputs = self._inputs(batch)
+        try:
+            out = self.module(*inputs.values()) if len(inputs) == 1 else self.module(**inputs)
+        except RuntimeError as e:
+            shapes = ", ".join(f"{k}: {list(v.shape)}" for k, v in inputs.items())
+            raise ModelError(f"the network rejected the input the task's encode produced ({shapes}, rows x "
+                             f"features): {e}. Check that the task's encode returns the size the network "
+                             "expects (e.g. its first layer's in_features)") from e
+        return out.float()
 
     def prefix_state(self, batch: Batch, starts: list[int]) -> dict:
         """Run the sequential network once; keep the hidden state entering each block in ``starts``."""
-        h = next(iter(batch.inputs.values()))
+        h = next(iter(self._inputs(batch).values()))
         state = {}
         for j, block in enumerate(self.module):
             if j in starts:
@@ -58,4 +78,4 @@ class TorchModel(Adapter):
         """Blocks ``start..`` on ``hidden: [n, d]`` -> logits ``[n, n_classes]``."""
         for block in list(self.module)[start:]:
             hidden = block(hidden)
-        return hidden
+        return hidden.float()
