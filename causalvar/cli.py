@@ -16,6 +16,13 @@ from pathlib import Path
 from .cells import task_accuracy
 
 
+def _shown(res, keys: list[str]) -> str:
+    """The table's ``keys``, score and no-effect baseline (rows resumed from an older run may have
+    none) and ``n``, as text."""
+    cols = keys + [c for c in (res.metric, "baseline", "n") if c in res.table]
+    return res.table[cols].to_string(index=False)
+
+
 def demo(args) -> int:
     """IOI on SmolLM2-135M: a full-vector sweep of both MIB variables, then neurons, PCA and DAS
     compared on the cells where the position signal lives."""
@@ -38,17 +45,17 @@ def demo(args) -> int:
     sweep.meta["task_accuracy"] = acc
     sweep.save(out / "sweep")
     sweep.heatmap(out / "sweep" / "heatmap.png", title=f"IOI on SmolLM2-135M: full-vector IIA (n={args.n_test} per set)")
-    print(sweep.table[["variable", "layer", "position", "dataset", "iia", "n"]].to_string(index=False))
+    print(_shown(sweep, ["variable", "layer", "position", "dataset"]))
 
     k = 32
     print(f"\n2. which basis? output_position with {k} neurons, the top {k} PCA components, "
           f"and a trained {k}-dim DAS subspace", flush=True)
     bases = cv.localize(lm, task, "output_position", [Neurons(dims=range(k)), PCA(n_components=k), DAS(dim=k)],
                         layers=[12, 15, 18, 21], positions=["s2", "last"], n_train=args.n_train,
-                        n_test=args.n_test // 2, epochs=2, lr=1e-2, seed=0, batch_size=32, out=out / "bases",
-                        progress=sys.stderr.isatty())
+                        n_test=args.n_test // 2, epochs=2, lr=1e-2, seed=0, batch_size=32, train_batch_size=32,
+                        out=out / "bases", progress=sys.stderr.isatty())
     bases.heatmap(out / "bases" / "heatmap.png", title=f"IOI output_position on SmolLM2-135M: bases (k={k})")
-    print(bases.table[["featurizer", "layer", "position", "dataset", "iia", "n"]].to_string(index=False))
+    print(_shown(bases, ["featurizer", "layer", "position", "dataset"]))
     print("\nMIB scores (mean over layers of the best position; best layer):")
     print(cv.Results(sweep.rows + bases.rows).mib_score().to_string(index=False))
     for part, res in (("sweep", sweep), ("bases", bases)):
@@ -213,11 +220,12 @@ def localize_cmd(args) -> int:
     out = Path(args.out)
     res = cv.localize(lm, task, variables, feats, layers=layers, positions=positions, n_train=args.n_train,
                       n_test=args.n_test, epochs=args.epochs, lr=args.lr, seed=args.seed,
-                      batch_size=args.batch_size, out=out, progress=sys.stderr.isatty())
+                      batch_size=args.batch_size, train_batch_size=args.train_batch_size, out=out,
+                      progress=sys.stderr.isatty())
     res.heatmap(out / "heatmap.png", title=f"{args.task} on {args.model}")
     scores = res.mib_score()
     scores.to_csv(out / "mib_scores.csv", index=False)
-    print(res.table[["variable", "featurizer", "layer", "position", "dataset", res.metric, "n"]].to_string(index=False))
+    print(_shown(res, ["variable", "featurizer", "layer", "position", "dataset"]))
     print(f"\nMIB scores of {res.metric}{' (lower is better)' if res.lower_is_better else ''} "
           "(mean over layers, best layer):")
     print(scores.to_string(index=False))
@@ -286,7 +294,8 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=_at_least(1), default=2)
     p.add_argument("--lr", type=_positive, default=1e-2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=_at_least(1), default=32)
+    p.add_argument("--batch-size", type=_at_least(1), default=32, help="rows per forward (no score depends on it)")
+    p.add_argument("--train-batch-size", type=_at_least(1), default=32, help="training pairs per AdamW step of DAS/DBM")
     p.add_argument("--out", required=True, help="results folder (a rerun resumes)")
     p.set_defaults(func=localize_cmd)
     args = parser.parse_args(argv)
