@@ -121,9 +121,9 @@ def build_splits(engine: Engine, data: CounterfactualDataset, sites: Sequence[Si
     if sizes and sizes[-1] is None:
         sizes[-1] = len(order) - sum(sizes[:-1])
     if sum(sizes) > len(order) or min(sizes) < 0:
-        what = ("no pair is left" if len(order) == 0 else f"only {len(order)} pairs") + f" of variable '{data.variable}'"
-        raise TooFewPairsError(f"asked for splits of {list(n_parts)} pairs but {what} survive the filter; "
-                               "see the report:\n" + "\n".join(data.report), len(order), len(keep))
+        raise TooFewPairsError(f"asked for splits of {list(n_parts)} pairs but only {len(order)} pairs of "
+                               f"variable '{data.variable}' are left after filtering; see the report:\n"
+                               + "\n".join(data.report), len(order), len(keep))
     if sum(sizes) < len(order):
         data = replace(data, report=data.report + [
             f"used {sum(sizes)} of the {len(order)} kept pairs as splits {sizes}; the rest is spare"])
@@ -180,7 +180,8 @@ def drawn_splits(engine: Engine, variable: str, sites: Sequence[Site], n_parts: 
             return [built[ds.name] for ds in sets]
         if ask >= bound:
             name, e = next(iter(short.items()))
-            raise TooFewPairsError(f"{e}\nset '{name}' was drawn in rounds up to {max_factor}x the {n} pairs "
+            rounds = "\n".join([str(e), *notes.get(name, [])])
+            raise TooFewPairsError(f"{rounds}\nset '{name}' was drawn in rounds up to {max_factor}x the {n} pairs "
                                    f"requested ({e.drawn} candidates) and still too few survive the filter; "
                                    "cv.task_accuracy(model, task) says how often the network is right",
                                    e.kept, e.drawn)
@@ -188,8 +189,8 @@ def drawn_splits(engine: Engine, variable: str, sites: Sequence[Site], n_parts: 
         nxt = bound if fewest == 0 else min(bound, max(ask + 1, math.ceil(1.1 * ask * n / fewest) + 8))
         for name, e in short.items():
             notes.setdefault(name, []).append(
-                f"round {len(notes.get(name, [])) + 2}: {e.kept} of {e.drawn} candidates survived the filter, "
-                f"{n} are needed; drew again with n={nxt} (seed {seed})")
+                f"round {len(notes.get(name, [])) + 1}: {e.kept} of {e.drawn} candidates survived the filter, "
+                f"{n} are needed; round {len(notes.get(name, [])) + 2} draws n={nxt} (seed {seed})")
         ask = nxt
 
 

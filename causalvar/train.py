@@ -77,7 +77,8 @@ def train(engine: Engine, featurizer: Featurizer, site: Site, data: Split, val: 
             logits = engine.run_chunk(data.prepared, k, site, featurizer, data.sources[site][chunk])
             loss = engine.task.loss(logits, data.labels[chunk]) + featurizer.regularizer()
             if not torch.isfinite(loss):
-                where = f"the loss became {loss.item()} at epoch {epoch}, step {step} while training {featurizer.name} at {site}"
+                where = (f"the loss became {loss.item()} at epoch {epoch}, step {step} while training "
+                         f"{featurizer.name} at {site}")
                 cause = network_nonfinite(data, site, chunk)
                 if cause:
                     raise TrainingError(f"{where}: {cause}; the network produced them, not the training (the "
