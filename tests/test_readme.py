@@ -54,19 +54,20 @@ def lines(n: int, *words: str):
 
 #: every statement of the README that prints (by its first line, comment stripped) -> what it must print
 PRINTS = {
-    'print(res.table[["variable", "featurizer", "layer", "iia", "n"]])':
-        table(["variable", "featurizer", "layer", "iia", "n"], 8),
+    'print(res.table[["variable", "featurizer", "layer", "iia", "baseline", "n"]])':
+        table(["variable", "featurizer", "layer", "iia", "baseline", "n"], 8),
     "print(das.R.shape)": shows("torch.Size([64, 8])"),
-    'print(res.best()[["featurizer", "layer", "iia"]])': table(["featurizer", "layer", "iia"], 6),
-    'print(res.table[["layer", "position", "iia", "n"]])': table(["layer", "position", "iia", "n"], 6),
-    'print(res.table[["layer", "position", "dataset", "iia", "n"]])':
-        table(["layer", "position", "dataset", "iia", "n"], 12),
+    'print(res.best()[["featurizer", "layer", "iia", "baseline"]])': table(["featurizer", "layer", "iia", "baseline"], 6),
+    'print(res.table[["layer", "position", "iia", "baseline", "n", "n_distinct"]])':
+        table(["layer", "position", "iia", "baseline", "n", "n_distinct"], 6),
+    'print(res.table[["layer", "position", "dataset", "iia", "baseline", "n"]])':
+        table(["layer", "position", "dataset", "iia", "baseline", "n"], 12),
     'for name, report in res.meta["data"].items():': lines(3, "answer/", "drew", "dropped", "kept"),
     "print(res.mib_score())": table(["variable", "featurizer", "mean", "best", "best_layer", "n_layers"], 1),
     'print({k: round(task.fit[k], 2) for k in ("token_coeff", "position_coeff", "r2")})':
-        shows("{'token_coeff': 2.1, 'position_coeff': 3.5, 'r2': 0.82}"),
-    'print(res.table[["layer", "position", "dataset", "mse", "n"]])':
-        table(["layer", "position", "dataset", "mse", "n"], 12),
+        shows("{'token_coeff': 2.13, 'position_coeff': 3.52, 'r2': 0.82}"),
+    'print(res.table[["layer", "position", "dataset", "mse", "baseline", "n"]])':
+        table(["layer", "position", "dataset", "mse", "baseline", "n"], 12),
 }
 
 
