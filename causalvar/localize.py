@@ -173,7 +173,6 @@ def localize(model, task, variable: str | Sequence[str], featurizer: Featurizer 
     results = Results(meta=meta)
     total = len(variables) * len(feats) * len(sites)
     bar = tqdm(total=total, desc="localize", disable=not progress)
-    checked = False
     for v in variables:
         n_val = int(round(n_train * val_fraction)) if any(f.learns_from_interventions for f in feats) else 0
         sizes, chunks = [n_train - n_val, n_val, n_test], [train_batch_size, batch_size, batch_size]
@@ -182,20 +181,10 @@ def localize(model, task, variable: str | Sequence[str], featurizer: Featurizer 
         warn_no_effect(v, [kept for _, kept in built], cm.output)
         tr = Split.concat([p[0] for p, _ in built], engine.store)
         val = Split.concat([p[1] for p, _ in built], engine.store)
-        if not checked:
+        if v == variables[0]:  # the capture pass gives every site's size: check all cells before any runs
             _check_sites(feats, {s: tr.sources[s].shape[-1] for s in sites})
-            checked = True
-        tests, distinct = {}, {}
-        for (_, _, te), kept in built:
-            tests[kept.name], distinct[kept.name] = te, kept.subset(te.rows).n_distinct()
-            meta["data"][f"{v}/{kept.name}"] = kept.report + [
-                f"test pairs: {len(te)}, of which {distinct[kept.name]} distinct (base, source) pairs"]
-            if distinct[kept.name] < 0.9 * len(te):
-                warnings.warn(DuplicatePairsWarning(
-                    f"the {len(te)} test pairs of variable '{v}' (set '{kept.name}') hold only "
-                    f"{distinct[kept.name]} distinct (base, source) pairs: the input space is small, so pairs "
-                    "repeat and the interval (ci_low, ci_high), which counts each as new evidence, is narrower "
-                    "than the data support; read n_distinct, or lower n_test"), stacklevel=2)
+        tests = {kept.name: te for (_, _, te), kept in built}
+        distinct = _distinct_pairs(v, built, meta["data"])
         for f in feats:
             for s in sites:
                 key = (v, f.name, str(s.layer), str(s.position))
@@ -232,6 +221,23 @@ def localize(model, task, variable: str | Sequence[str], featurizer: Featurizer 
     if out is not None:
         results.save(out)
     return results
+
+
+def _distinct_pairs(variable: str, built, reports: dict) -> dict[str, int]:
+    """How many distinct (base, source) pairs each set's test split holds; each set's report (in
+    ``reports``) says so, and a ``DuplicatePairsWarning`` when under 90% of the test pairs are distinct."""
+    distinct = {}
+    for (_, _, te), kept in built:
+        distinct[kept.name] = n = kept.subset(te.rows).n_distinct()
+        reports[f"{variable}/{kept.name}"] = kept.report + [f"test pairs: {len(te)}, of which {n} distinct "
+                                                            "(base, source) pairs"]
+        if n < 0.9 * len(te):
+            warnings.warn(DuplicatePairsWarning(
+                f"the {len(te)} test pairs of variable '{variable}' (set '{kept.name}') hold only {n} distinct "
+                "(base, source) pairs: the input space is small, so pairs repeat and the interval (ci_low, "
+                "ci_high), which counts each as new evidence, is narrower than the data support; read "
+                "n_distinct, or lower n_test"), stacklevel=3)
+    return distinct
 
 
 def _splits(engine: Engine, variable: str, given, sites, sizes, chunks, seed, filter_correct, changes_output):
