@@ -169,58 +169,62 @@ def localize(model, task, variable: str | Sequence[str], featurizer: Featurizer 
             "metric": task.metric, "lower_is_better": task.lower_is_better, "data": {}}
     store = RunStore(out, {k: v for k, v in meta.items() if k != "data"}) if out is not None else None
     done = store.done() if store else {}
-    engine = Engine(adapter, task, batch_size=batch_size, max_memory_gb=max_memory_gb)
-    results = Results(meta=meta)
-    total = len(variables) * len(feats) * len(sites)
-    bar = tqdm(total=total, desc="localize", disable=not progress)
-    for v in variables:
-        n_val = int(round(n_train * val_fraction)) if any(f.learns_from_interventions for f in feats) else 0
-        sizes, chunks = [n_train - n_val, n_val, n_test], [train_batch_size, batch_size, batch_size]
-        built = _splits(engine, v, data.get(v) if isinstance(data, dict) else data, sites, sizes, chunks, seed,
-                        filter_correct, changes_output)
-        warn_no_effect(v, [kept for _, kept in built], cm.output)
-        tr = Split.concat([p[0] for p, _ in built], engine.store)
-        val = Split.concat([p[1] for p, _ in built], engine.store)
-        if v == variables[0]:  # the capture pass gives every site's size: check all cells before any runs
-            _check_sites(feats, {s: tr.sources[s].shape[-1] for s in sites})
-        tests = {kept.name: te for (_, _, te), kept in built}
-        distinct = _distinct_pairs(v, built, meta["data"])
-        for f in feats:
-            for s in sites:
-                key = (v, f.name, str(s.layer), str(s.position))
-                bar.set_postfix_str(f"{v} {f.name} {s}")
-                if all(key + (name,) in done for name in tests):
-                    results.rows += [done[key + (name,)] for name in tests]
-                    path = Path(out) / featurizer_dir(*key)
-                    if (path / "featurizer.json").exists():
-                        results.featurizers[key] = Featurizer.load(path)
+    try:
+        engine = Engine(adapter, task, batch_size=batch_size, max_memory_gb=max_memory_gb)
+        results = Results(meta=meta)
+        total = len(variables) * len(feats) * len(sites)
+        bar = tqdm(total=total, desc="localize", disable=not progress)
+        for v in variables:
+            n_val = int(round(n_train * val_fraction)) if any(f.learns_from_interventions for f in feats) else 0
+            sizes, chunks = [n_train - n_val, n_val, n_test], [train_batch_size, batch_size, batch_size]
+            built = _splits(engine, v, data.get(v) if isinstance(data, dict) else data, sites, sizes, chunks, seed,
+                            filter_correct, changes_output)
+            warn_no_effect(v, [kept for _, kept in built], cm.output)
+            tr = Split.concat([p[0] for p, _ in built], engine.store)
+            val = Split.concat([p[1] for p, _ in built], engine.store)
+            if v == variables[0]:  # the capture pass gives every site's size: check all cells before any runs
+                _check_sites(feats, {s: tr.sources[s].shape[-1] for s in sites})
+            tests = {kept.name: te for (_, _, te), kept in built}
+            distinct = _distinct_pairs(v, built, meta["data"])
+            for f in feats:
+                for s in sites:
+                    key = (v, f.name, str(s.layer), str(s.position))
+                    bar.set_postfix_str(f"{v} {f.name} {s}")
+                    if all(key + (name,) in done for name in tests):
+                        results.rows += [done[key + (name,)] for name in tests]
+                        path = Path(out) / featurizer_dir(*key)
+                        if (path / "featurizer.json").exists():
+                            results.featurizers[key] = Featurizer.load(path)
+                        bar.update(1)
+                        continue
+                    torch.manual_seed(seed)
+                    cell = _cell_featurizer(f)
+                    cell.build(tr.sources[s].shape[-1])
+                    info = {}
+                    if cell.learns_from_activations and not cell.fitted:
+                        fit_activations(cell, tr, s)
+                    if cell.learns_from_interventions and n_train > 0:
+                        hist = train(engine, cell, s, tr, val if len(val) else None, epochs=epochs, lr=lr,
+                                     seed=seed, patience=patience, progress=progress, desc=f"train {f.name} {v} {s}")
+                        info.update(epochs_run=hist["epochs"], final_loss=round(hist["loss"][-1], 5))
+                    results.featurizers[key] = cell
+                    rows = []
+                    for name, te in tests.items():
+                        _, scores = evaluate(engine, te, s, cell)
+                        rows.append({"variable": v, "featurizer": f.name, "layer": s.layer, "position": s.position,
+                                     "dataset": name, **score_row(scores, task.metric), "baseline": baseline(task, te),
+                                     "n_distinct": distinct[name], **info, **cell.summary()})
+                    if store:
+                        store.write_cell(rows, cell, key)
+                    results.rows += rows
                     bar.update(1)
-                    continue
-                torch.manual_seed(seed)
-                cell = _cell_featurizer(f)
-                cell.build(tr.sources[s].shape[-1])
-                info = {}
-                if cell.learns_from_activations and not cell.fitted:
-                    fit_activations(cell, tr, s)
-                if cell.learns_from_interventions and n_train > 0:
-                    hist = train(engine, cell, s, tr, val if len(val) else None, epochs=epochs, lr=lr,
-                                 seed=seed, patience=patience, progress=progress, desc=f"train {f.name} {v} {s}")
-                    info.update(epochs_run=hist["epochs"], final_loss=round(hist["loss"][-1], 5))
-                results.featurizers[key] = cell
-                rows = []
-                for name, te in tests.items():
-                    _, scores = evaluate(engine, te, s, cell)
-                    rows.append({"variable": v, "featurizer": f.name, "layer": s.layer, "position": s.position,
-                                 "dataset": name, **score_row(scores, task.metric), "baseline": baseline(task, te),
-                                 "n_distinct": distinct[name], **info, **cell.summary()})
-                if store:
-                    store.write_cell(rows, cell, key)
-                results.rows += rows
-                bar.update(1)
-    bar.close()
-    if out is not None:
-        results.save(out)
-    return results
+        bar.close()
+        if out is not None:
+            results.save(out)
+        return results
+    finally:
+        if store:
+            store.close()  # released also when a cell raises (a notebook can retry at once)
 
 
 def _distinct_pairs(variable: str, built, reports: dict) -> dict[str, int]:
