@@ -82,7 +82,8 @@ def run_task(lm, name: str, args, out: Path) -> dict:
         feats = [Neurons(), DAS(dim=args.dim or DAS_DIM[v](lm.d_model)), DBM(Neurons())]
         part = cv.localize(lm, task, v, feats, layers=layers, positions=positions, n_train=args.n_train,
                            n_test=args.n_test, epochs=args.epochs, lr=args.lr, seed=args.seed,
-                           batch_size=args.batch_size, out=out / "runs" / name / v, progress=False)
+                           batch_size=args.batch_size, train_batch_size=args.batch_size,
+                           out=out / "runs" / name / v, progress=False)
         res.rows += part.rows
         res.meta["data"].update(part.meta["data"])
         featurizers[v] = [f.name for f in feats]
