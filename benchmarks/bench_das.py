@@ -64,7 +64,7 @@ def slices(n: int, size: int) -> list[slice]:
 
 
 def pyvene_locations(task, b, s, site):
-    pb, ps = task.resolve(b, site.position), task.resolve(s, site.position)
+    pb, ps = b.position(site.position), s.position(site.position)
     return {"sources->base": ([[[int(p)] for p in ps]], [[[int(p)] for p in pb]])}
 
 
@@ -103,8 +103,8 @@ def pyvene_train(lm, task, site, featurizer, bases, sources, targets, epochs: in
 def warm_up_all(lm, task, ds, site, args) -> None:
     """Both training paths once on a few rows, untimed."""
     small = ds.subset(range(min(16, len(ds))))
-    engine = cv.Engine(lm, task, batch_size=8)
-    (tr, te), _ = build_splits(engine, small, [site], [len(small) // 2, len(small) - len(small) // 2],
+    engine = cv.Engine(lm, batch_size=8)
+    (tr, te), _ = build_splits(engine, task, small, [site], [len(small) // 2, len(small) - len(small) // 2],
                                seed=args.seed, filter_correct=False)
     das = new_das(args.dim, lm.d_model, args.seed)
     train(engine, das, site, tr, None, epochs=1, lr=args.lr, seed=args.seed, progress=False)
@@ -113,7 +113,7 @@ def warm_up_all(lm, task, ds, site, args) -> None:
     warm_up(lm, bases)
     das = new_das(args.dim, lm.d_model, args.seed)
     pyvene_train(lm, task, site, das, bases, sources, task.targets(small.labels), 1, args.lr, args.seed, 8)
-    pyvene_logits(lm, task, bases, sources, site, das, batch_size=8)
+    pyvene_logits(lm, bases, sources, site, das, batch_size=8)
 
 
 def main(argv=None) -> dict:
@@ -133,9 +133,9 @@ def main(argv=None) -> dict:
 
     cv_clock, pv_clock = Clock(), Clock()
     # causalvar's one-off work
-    engine = cv.Engine(lm, task, batch_size=args.batch_size)
+    engine = cv.Engine(lm, batch_size=args.batch_size)
     with cv_clock("build_splits"):
-        (tr, te), kept = build_splits(engine, ds, sites, [args.n_train, args.n_test], seed=args.seed,
+        (tr, te), kept = build_splits(engine, task, ds, sites, [args.n_train, args.n_test], seed=args.seed,
                                       filter_correct=False)
     # pyvene's one-off work: the same rows, encoded the same way
     with pv_clock("encode"):
@@ -164,7 +164,7 @@ def main(argv=None) -> dict:
         t1 = time.perf_counter()
         hist_pv = pyvene_train(lm, task, site, das_pv, *pv_tr, args.epochs, args.lr, args.seed, args.batch_size)
         t2 = time.perf_counter()
-        ref = pyvene_logits(lm, task, *pv_te, site, das_pv, batch_size=args.batch_size)
+        ref = pyvene_logits(lm, *pv_te, site, das_pv, batch_size=args.batch_size)
         ref_ok = task.correct(ref, te.labels)
         t3 = time.perf_counter()
         t["pv"] = {"init": t1 - t0, "train": t2 - t1, "evaluate": t3 - t2}

@@ -45,9 +45,9 @@ def main() -> None:
     t0 = time.perf_counter()
     task, mlp = cv.tasks.hierarchical_equality(), cv.tasks.equality_mlp()
     d, layers, k = mlp[0][0].out_features, [0, 1, 2], args.k
-    engine = cv.Engine(cv.TorchModel(mlp), task)
+    engine = cv.Engine(cv.TorchModel(mlp))
     ds = cv.CounterfactualDataset.generate(task.causal_model, "left", args.n_train, seed=args.seed + 1)
-    (train_split,), _ = build_splits(engine, ds, [cv.Site(l) for l in layers], [None], seed=args.seed)
+    (train_split,), _ = build_splits(engine, task, ds, [cv.Site(l) for l in layers], [None], seed=args.seed)
     best = {l: greedy_neurons(engine, train_split, cv.Site(l), k, d) for l in layers}
     rows = []
     for layer in layers:

@@ -76,7 +76,7 @@ def child(args) -> dict:
         from bench_sweep import causalvar_cell, causalvar_setup
         from common import Clock
 
-        engine = cv.Engine(lm, task, batch_size=args.batch_size)
+        engine = cv.Engine(lm, batch_size=args.batch_size)
         _, prepared, acts = causalvar_setup(engine, task, ds, sites, Clock())
         iia = [cv.iia(causalvar_cell(engine, task, prepared, acts, s, ds.labels, lm.d_model)[1]) for s in sites]
     else:

@@ -67,7 +67,7 @@ def causalvar_cell(engine: cv.Engine, task, prepared, acts, site: cv.Site, label
 
 def pyvene_cell(lm, task, bases, sources, site: cv.Site, labels, d: int, batch_size: int):
     featurizer = Neurons().build(d)
-    logits = pyvene_logits(lm, task, bases, sources, site, featurizer, batch_size=batch_size)
+    logits = pyvene_logits(lm, bases, sources, site, featurizer, batch_size=batch_size)
     return logits, task.correct(logits, labels)
 
 
@@ -76,7 +76,7 @@ def warm_up_all(lm, task, ds, sites, batch_size: int) -> None:
     small = ds.subset(range(min(8, len(ds))))
     bases, sources = task.encode(small.bases), task.encode(small.sources)
     warm_up(lm, bases)
-    engine = cv.Engine(lm, task, batch_size=batch_size)
+    engine = cv.Engine(lm, batch_size=batch_size)
     _, acts = engine.capture(sources, sites[:1])
     prepared = engine.prepare(bases, sites[:1])
     causalvar_cell(engine, task, prepared, acts, sites[0], small.labels, lm.d_model)
@@ -86,7 +86,7 @@ def warm_up_all(lm, task, ds, sites, batch_size: int) -> None:
 # ------------------------------------------------------------------ (a)
 def sweep(lm, task, ds, sites, batch_size: int, verbose: bool = False) -> tuple[dict, tuple]:
     d = lm.d_model
-    engine = cv.Engine(lm, task, batch_size=batch_size)
+    engine = cv.Engine(lm, batch_size=batch_size)
     cv_clock, pv_clock = Clock(), Clock()
 
     bases, prepared, acts = causalvar_setup(engine, task, ds, sites, cv_clock)

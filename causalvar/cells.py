@@ -20,7 +20,7 @@ from .engine import ActivationStore, Engine, Prepared
 from .metrics import mean_score
 from .models import ModelError, as_adapter
 from .sites import Site
-from .task import TaskError
+from .errors import TaskError
 
 
 class TooFewPairsError(ValueError):
@@ -33,26 +33,32 @@ class TooFewPairsError(ValueError):
 
 @dataclass
 class Split:
-    """One split (train, validation or test) at the requested sites.
+    """One split (train, validation or test) at the requested sites, for one task.
 
+    task: the task the rows are encoded for (its metric and loss read ``labels``).
     prepared: the base rows ready for interventions.
     sources: each site's source activation ``[n, d]``. bases: each site's base activation ``[n, d]``.
     labels: high-level counterfactual outputs (n); ``task.loss`` and ``task.score`` read them.
+    base_labels: the high-level outputs of the bases themselves (n), what a logit difference counts against.
     base_values, source_values: the variable's value under base and source (for supervised fits).
     rows: each row's index in the (filtered) dataset ``build_splits`` returns.
     base_out: the unintervened network's output on each base, from the capture pass: logits ``[n, C]``,
         or greedily decoded token ids ``[n, L]`` for tasks that generate (``-1`` pads shorter answers
         of joined splits). The no-effect ``baseline`` and the NaN checks read it.
+    source_out: the same for each source (its logits, or its decoded answer when the filter judged it).
     """
 
+    task: object
     prepared: Prepared
     sources: dict[Site, torch.Tensor]
     bases: dict[Site, torch.Tensor]
     labels: list
+    base_labels: list
     base_values: list
     source_values: list
     rows: list[int]
     base_out: torch.Tensor
+    source_out: torch.Tensor
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -66,15 +72,19 @@ class Split:
             offsets.append(offsets[-1] + max(p.rows, default=-1) + 1)
         cat = lambda name: {s: store.cat([getattr(p, name)[s] for p in parts]) for s in getattr(parts[0], name)}
         join = lambda name: [x for p in parts for x in getattr(p, name)]
-        width = max(p.base_out.shape[-1] for p in parts)
-        outs = [p.base_out if p.base_out.shape[-1] == width else F.pad(p.base_out, (0, width - p.base_out.shape[-1]),
-                                                                         value=-1) for p in parts]
-        return Split(Prepared.concat([p.prepared for p in parts]), cat("sources"), cat("bases"), join("labels"),
-                     join("base_values"), join("source_values"),
-                     [r + o for p, o in zip(parts, offsets) for r in p.rows], torch.cat(outs))
+        return Split(parts[0].task, Prepared.concat([p.prepared for p in parts]), cat("sources"), cat("bases"),
+                     join("labels"), join("base_labels"), join("base_values"), join("source_values"),
+                     [r + o for p, o in zip(parts, offsets) for r in p.rows],
+                     _cat_outputs([p.base_out for p in parts]), _cat_outputs([p.source_out for p in parts]))
 
 
-def build_splits(engine: Engine, data: CounterfactualDataset, sites: Sequence[Site],
+def _cat_outputs(outs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Outputs ``[n_i, C]`` (logits) or ``[n_i, L_i]`` (decoded ids, ``-1``-padded to the longest) joined."""
+    width = max(o.shape[-1] for o in outs)
+    return torch.cat([o if o.shape[-1] == width else F.pad(o, (0, width - o.shape[-1]), value=-1) for o in outs])
+
+
+def build_splits(engine: Engine, task, data: CounterfactualDataset, sites: Sequence[Site],
                  n_parts: Sequence[int | None], seed: int = 0, filter_correct: bool = True,
                  batch_sizes: Sequence[int] | None = None) -> tuple[list[Split], CounterfactualDataset]:
     """Encode, capture, filter and split ``data``.
@@ -91,12 +101,11 @@ def build_splits(engine: Engine, data: CounterfactualDataset, sites: Sequence[Si
         for output values the network's classes cannot express; ``ModelError`` when the network's own
         outputs, which the filter judges, are NaN.
     """
-    task = engine.task
     cm = task.causal_model
     task.targets(data.labels)  # every counterfactual answer must map to a class/token before any forward
     bases, sources = task.encode(data.bases), task.encode(data.sources)
     for s in sites:  # unknown positions fail here, before any forward
-        engine.positions(bases, s), engine.positions(sources, s)
+        bases.position(s.position), sources.position(s.position)
     # one pass per side: the sites, and what the filter and the baseline judge (logits, or the greedily
     # decoded answer: on the base as long as the longest base or counterfactual answer)
     n_base = max(task.n_answer_tokens(data.base_labels), task.n_answer_tokens(data.labels)) if task.generates else None
@@ -136,19 +145,22 @@ def build_splits(engine: Engine, data: CounterfactualDataset, sites: Sequence[Si
         rows = [kept_pos[int(i)] for i in idx]  # positions in the filtered dataset
         labels = [data.labels[r] for r in rows]
         splits.append(Split(
+            task=task,
             prepared=engine.prepare(bases.select(idx), sites, batch_size=rows_per_chunk),
             sources={s: engine.store.take(a, idx) for s, a in src_acts.items()},
             bases={s: engine.store.take(a, idx) for s, a in base_acts.items()},
             labels=labels,
+            base_labels=[data.base_labels[r] for r in rows],
             base_values=[cm.run(data.bases[r])[data.variable] for r in rows],
             source_values=[cm.run(data.sources[r])[data.variable] for r in rows],
             rows=rows,
             base_out=base_out[idx],
+            source_out=src_out[idx],
         ))
     return splits, data
 
 
-def drawn_splits(engine: Engine, variable: str, sites: Sequence[Site], n_parts: Sequence[int], seed: int = 0,
+def drawn_splits(engine: Engine, task, variable: str, sites: Sequence[Site], n_parts: Sequence[int], seed: int = 0,
                  filter_correct: bool = True, changes_output: bool = False, batch_sizes: Sequence[int] | None = None,
                  max_factor: int = 10) -> list[tuple[list[Split], CounterfactualDataset]]:
     """The task's counterfactual sets of ``variable``, each drawn until ``sum(n_parts)`` pairs survive the
@@ -159,7 +171,6 @@ def drawn_splits(engine: Engine, variable: str, sites: Sequence[Site], n_parts: 
     draw is deterministic), sized by the share that survived, up to ``max_factor`` times the request;
     past that the ``TooFewPairsError`` of the last round is raised, saying how far drawing went.
     """
-    task = engine.task
     n = sum(n_parts)
     ask, bound = n + (n // 4 + 8 if filter_correct else 0), max_factor * n
     built: dict[str, tuple] = {}
@@ -171,7 +182,7 @@ def drawn_splits(engine: Engine, variable: str, sites: Sequence[Site], n_parts: 
             if ds.name in built:
                 continue
             try:
-                splits, kept = build_splits(engine, ds, sites, n_parts, seed=seed, filter_correct=filter_correct,
+                splits, kept = build_splits(engine, task, ds, sites, n_parts, seed=seed, filter_correct=filter_correct,
                                             batch_sizes=batch_sizes)
                 built[ds.name] = (splits, replace(kept, report=kept.report + notes.get(ds.name, [])))
             except TooFewPairsError as e:
@@ -301,7 +312,7 @@ def evaluate(engine: Engine, split: Split, site: Site, featurizer: Featurizer) -
     ``split``, and the per-row scores ``[n]``: correctness (bool) by the task's checker — the argmax
     token, or greedy generation of the whole answer — or the task's real-valued score. NaN or infinite
     logits are refused (``ModelError``), saying whether the network or the intervention produced them."""
-    task = engine.task
+    task = split.task
     if task.generates:
         tokens = engine.generate(split.prepared, task.n_answer_tokens(split.labels), site, featurizer,
                                  split.sources[site])
@@ -330,6 +341,6 @@ def task_accuracy(model, task, n: int = 256, seed: int = 0, batch_size: int = 64
     settings = cm.sample(n, seed=seed)
     labels = [cm.run(s)[cm.output] for s in settings]
     n_tokens = task.n_answer_tokens(labels) if task.generates else None
-    out, _ = Engine(as_adapter(model), task, batch_size=batch_size).capture(task.encode(settings), [], n_tokens)
+    out, _ = Engine(as_adapter(model), batch_size=batch_size).capture(task.encode(settings), [], n_tokens)
     check_finite(out, settings, "sampled")
     return float(_correct(task, out, labels).float().mean())

@@ -9,6 +9,9 @@ Cost model (the network is frozen):
   step runs only the blocks after the site (suffix execution), and only the read position is
   projected onto the vocabulary. Sites that are not on the residual stream between blocks fall back
   to one hooked forward of the whole network.
+
+The engine never sees a task: token positions come resolved in each ``Batch`` (``Batch.position``),
+and the adapter alone knows how a site is read and written (``Adapter.hook``).
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ import torch
 
 from featurizers import Featurizer
 
-from .models.base import Adapter, Batch, rewrap, unwrap
+from .models.base import Adapter, Batch
 from .sites import Site
 
 
@@ -131,28 +134,22 @@ class Engine:
     """Runs a network with featurized interchange interventions.
 
     Args:
-        adapter: the network's adapter (``cv.as_adapter(model)``).
-        task: the task, used only to resolve token positions.
+        adapter: the network's adapter (``cv.as_adapter(model)``); it reads and writes the sites.
         batch_size: rows per forward.
         max_memory_gb: how much captured activation data stays in memory; past it the rest goes to
             memory-mapped files (``ActivationStore``); ``None``: no bound.
     """
 
-    def __init__(self, adapter: Adapter, task, batch_size: int = 64, max_memory_gb: float | None = 4.0):
+    def __init__(self, adapter: Adapter, batch_size: int = 64, max_memory_gb: float | None = 4.0):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.adapter = adapter
-        self.task = task
         self.batch_size = batch_size
         self.store = ActivationStore(max_memory_gb)
 
     def _chunks(self, n: int, size: int | None = None) -> list[slice]:
         size = size or self.batch_size
         return [slice(i, min(i + size, n)) for i in range(0, n, size)]
-
-    def positions(self, batch: Batch, site: Site) -> torch.Tensor | None:
-        """Token index ``[n]`` of the site's position in each row (``None``: no sequence axis)."""
-        return self.task.resolve(batch, site.position)
 
     # ------------------------------------------------------------------ plain runs
     @torch.no_grad()
@@ -161,22 +158,13 @@ class Engine:
         """One forward per chunk: the network's logits ``[n, C]`` — or, with ``n_tokens``, that many
         greedily decoded token ids ``[n, n_tokens]``, the sites read during the prompt pass — and every
         site's activation ``[n, d]`` (written chunk by chunk into tensors from ``self.store``)."""
-        by_path: dict[tuple[str, str], list[Site]] = {}
-        for s in sites:
-            by_path.setdefault((self.adapter.module_path(s), s.component), []).append(s)
-        pos = {s: self.positions(batch, s) for s in sites}
+        pos = {s: batch.position(s.position) for s in sites}
+        reads = {(s.layer, s.component, s.head) for s in sites}  # one hook per activation, shared by its positions
         logits, acts = [], {}
         for chunk in self._chunks(len(batch)):
-            seen: dict[tuple[str, str], torch.Tensor] = {}
-            handles = []
-            for (path, comp) in by_path:
-                module = self.adapter.submodule(path)
-                if comp == "output":
-                    hook = (lambda key: lambda m, a, out: seen.__setitem__(key, unwrap(out)))((path, comp))
-                    handles.append(module.register_forward_hook(hook))
-                else:
-                    hook = (lambda key: lambda m, a, kw: seen.__setitem__(key, a[0] if a else kw["hidden_states"]))((path, comp))
-                    handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+            seen: dict[tuple, torch.Tensor] = {}
+            handles = [self.adapter.hook(Site(key[0], None, key[1], key[2]), lambda h, key=key: seen.__setitem__(key, h))
+                       for key in reads]
             rows = batch.select(chunk).to(self.adapter.device)
 
             def remove():  # the hooks read the prompt pass only
@@ -189,13 +177,12 @@ class Engine:
                     logits.append(self.adapter.generate(rows, n_tokens, after_prompt=remove).cpu())
             finally:
                 remove()
-            for key, group in by_path.items():
-                for s in group:
-                    p = None if pos[s] is None else pos[s][chunk]
-                    h = _gather(seen[key], p)
-                    if s not in acts:
-                        acts[s] = self.store.empty(len(batch), h.shape[-1])
-                    acts[s][chunk] = h.float().cpu()
+            for s in sites:
+                p = None if pos[s] is None else pos[s][chunk]
+                h = _gather(seen[(s.layer, s.component, s.head)], p)
+                if s not in acts:
+                    acts[s] = self.store.empty(len(batch), h.shape[-1])
+                acts[s][chunk] = h.float().cpu()
         return torch.cat(logits), acts
 
     # ------------------------------------------------------------------ interventions
@@ -222,32 +209,28 @@ class Engine:
             raise ValueError(f"site {site} was not prepared; pass it to Engine.prepare")
         featurizer.to(self.adapter.device)
         rows = prepared.batches[k]
-        pos = self.positions(rows, site)
+        pos = rows.position(site.position)
         source = source.to(self.adapter.device)
         start = prepared.starts[site]
         if start is not None:
             hidden = prepared.states[k]["hidden"][start]
             return self.adapter.run_suffix(prepared.states[k], start, _patch(hidden, pos, featurizer, source), rows, pos)
-        return self._hooked_forward(rows, site, pos, featurizer, source)
+        return self.forward(rows, site, featurizer, source, pos)
 
-    def _hooked_forward(self, rows: Batch, site: Site, pos, featurizer: Featurizer, source) -> torch.Tensor:
-        with self._intervening(site, pos, featurizer, source):
-            return self.adapter.forward(rows)
+    def forward(self, batch: Batch, site: Site, featurizer: Featurizer, source: torch.Tensor,
+                pos: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``[n, C]`` of one whole forward of ``batch`` (on the adapter's device) with ``source:
+        [n, d]`` interchanged at ``site`` by a hook, at token ``pos: [n]`` (default: the site's position
+        in ``batch``). The reference that suffix execution must match."""
+        pos = batch.position(site.position) if pos is None else pos
+        with self._intervening(site, pos, featurizer, source.to(self.adapter.device)):
+            return self.adapter.forward(batch)
 
     @contextmanager
     def _intervening(self, site: Site, pos, featurizer: Featurizer, source):
         """While open, every forward of the network has ``source: [n, d]`` interchanged at ``site``
         (token ``pos: [n]``) by a hook on the site's module; yields a function that removes the hook."""
-        module = self.adapter.submodule(self.adapter.module_path(site))
-        if site.component == "output":
-            handle = module.register_forward_hook(
-                lambda m, a, out: rewrap(out, _patch(unwrap(out), pos, featurizer, source)))
-        else:
-            def pre(m, args, kwargs):
-                if args:
-                    return (_patch(args[0], pos, featurizer, source),) + tuple(args[1:]), kwargs
-                return args, {**kwargs, "hidden_states": _patch(kwargs["hidden_states"], pos, featurizer, source)}
-            handle = module.register_forward_pre_hook(pre, with_kwargs=True)
+        handle = self.adapter.hook(site, lambda h: _patch(h, pos, featurizer, source))
         try:
             yield handle.remove
         finally:
@@ -270,7 +253,7 @@ class Engine:
                 out.append(self.adapter.generate(rows, n_tokens).cpu())
                 continue
             src = source[c].to(self.adapter.device)
-            with self._intervening(site, self.positions(rows, site), featurizer, src) as remove_hook:
+            with self._intervening(site, rows.position(site.position), featurizer, src) as remove_hook:
                 out.append(self.adapter.generate(rows, n_tokens, after_prompt=remove_hook).cpu())
         return torch.cat(out)
 

@@ -104,7 +104,7 @@ def localize(model, task, variable: str | Sequence[str], featurizer: Featurizer 
              seed: int = 0, data: CounterfactualDataset | dict | None = None, batch_size: int = 64,
              epochs: int = 3, lr: float = 1e-2, val_fraction: float = 0.2, patience: int = 3,
              filter_correct: bool = True,
-             changes_output: bool = False, component: str = "output", out: str | Path | None = None,
+             changes_output: bool = False, component: str = "resid_post", out: str | Path | None = None,
              progress: bool = True, max_memory_gb: float | None = 4.0, train_batch_size: int = 64) -> Results:
     """Localize ``variable`` (one or several) with ``featurizer`` (one or several) at every
     ``layers`` × ``positions`` cell, and score each on held-out pairs by the task's metric (IIA;
@@ -170,14 +170,14 @@ def localize(model, task, variable: str | Sequence[str], featurizer: Featurizer 
     store = RunStore(out, {k: v for k, v in meta.items() if k != "data"}) if out is not None else None
     done = store.done() if store else {}
     try:
-        engine = Engine(adapter, task, batch_size=batch_size, max_memory_gb=max_memory_gb)
+        engine = Engine(adapter, batch_size=batch_size, max_memory_gb=max_memory_gb)
         results = Results(meta=meta)
         total = len(variables) * len(feats) * len(sites)
         bar = tqdm(total=total, desc="localize", disable=not progress)
         for v in variables:
             n_val = int(round(n_train * val_fraction)) if any(f.learns_from_interventions for f in feats) else 0
             sizes, chunks = [n_train - n_val, n_val, n_test], [train_batch_size, batch_size, batch_size]
-            built = _splits(engine, v, data.get(v) if isinstance(data, dict) else data, sites, sizes, chunks, seed,
+            built = _splits(engine, task, v, data.get(v) if isinstance(data, dict) else data, sites, sizes, chunks, seed,
                             filter_correct, changes_output)
             warn_no_effect(v, [kept for _, kept in built], cm.output)
             tr = Split.concat([p[0] for p, _ in built], engine.store)
@@ -244,11 +244,11 @@ def _distinct_pairs(variable: str, built, reports: dict) -> dict[str, int]:
     return distinct
 
 
-def _splits(engine: Engine, variable: str, given, sites, sizes, chunks, seed, filter_correct, changes_output):
+def _splits(engine: Engine, task, variable: str, given, sites, sizes, chunks, seed, filter_correct, changes_output):
     """(splits, filtered dataset) per counterfactual set of ``variable``: the sets given, or the task's
     drawn until enough pairs survive the filter."""
     if given is None:
-        return drawn_splits(engine, variable, sites, sizes, seed=seed, filter_correct=filter_correct,
+        return drawn_splits(engine, task, variable, sites, sizes, seed=seed, filter_correct=filter_correct,
                             changes_output=changes_output, batch_sizes=chunks)
     datasets = list(given) if isinstance(given, (list, tuple)) else [given]
     for ds in datasets:
@@ -257,5 +257,5 @@ def _splits(engine: Engine, variable: str, given, sites, sizes, chunks, seed, fi
     if len({ds.name for ds in datasets}) != len(datasets):
         raise ValueError(f"the counterfactual sets of variable '{variable}' need distinct names, got "
                          f"{[ds.name for ds in datasets]}")
-    return [build_splits(engine, ds, sites, sizes, seed=seed, filter_correct=filter_correct, batch_sizes=chunks)
+    return [build_splits(engine, task, ds, sites, sizes, seed=seed, filter_correct=filter_correct, batch_sizes=chunks)
             for ds in datasets]

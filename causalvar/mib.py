@@ -99,7 +99,7 @@ def evaluate_submission(model, task, folder: str | Path, variable: str, layers: 
     """The task's metric (IIA) of a submission's units at every ``layers`` × ``positions`` cell on ``data`` (one or several
     counterfactual sets; every pair, or ``n_test`` per set). A missing unit fails before any forward."""
     adapter = as_adapter(model)
-    engine = Engine(adapter, task, batch_size=batch_size)
+    engine = Engine(adapter, batch_size=batch_size)
     sites = [Site(layer, pos) for layer in layers for pos in positions]
     for s in sites:
         _unit_files(folder, s.layer, s.position)
@@ -108,7 +108,7 @@ def evaluate_submission(model, task, folder: str | Path, variable: str, layers: 
     results = Results(meta={"submission": str(folder), "variable": variable, "metric": task.metric,
                             "lower_is_better": task.lower_is_better, "data": {}})
     for ds in datasets:
-        (test,), kept = build_splits(engine, ds, sites, [n_test], seed=seed, filter_correct=filter_correct)
+        (test,), kept = build_splits(engine, task, ds, sites, [n_test], seed=seed, filter_correct=filter_correct)
         results.meta["data"][f"{variable}/{ds.name}"] = kept.report
         for s in sites:
             if s not in units:

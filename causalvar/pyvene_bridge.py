@@ -34,9 +34,9 @@ def intervenable(adapter: HFModel, site: Site, featurizer: Featurizer):
     """A pyvene ``IntervenableModel`` with ``featurizer`` at the residual stream of ``site``."""
     import pyvene as pv
 
-    if not isinstance(site.layer, int):
-        raise ValueError("the pyvene bridge addresses blocks by int layer")
-    layer, component = (site.layer, "block_output") if site.component == "output" else (site.layer, "block_input")
+    if not isinstance(site.layer, int) or site.component not in ("resid_post", "resid_pre"):
+        raise ValueError("the pyvene bridge addresses the residual stream of blocks by int layer")
+    layer, component = site.layer, "block_output" if site.component == "resid_post" else "block_input"
     config = pv.IntervenableConfig(representations=[{
         "layer": layer, "component": component, "unit": "pos", "max_number_of_units": 1,
         "intervention": intervention(featurizer)}])
@@ -46,7 +46,7 @@ def intervenable(adapter: HFModel, site: Site, featurizer: Featurizer):
 
 
 @torch.inference_mode()
-def pyvene_logits(adapter: HFModel, task, bases: Batch, sources: Batch, site: Site,
+def pyvene_logits(adapter: HFModel, bases: Batch, sources: Batch, site: Site,
                   featurizer: Featurizer, batch_size: int = 64) -> torch.Tensor:
     """The plain pyvene loop: per batch, a full source forward and a full base forward through
     pyvene, then the logits at each base's read position. Returns ``[n, vocab]``."""
@@ -55,7 +55,7 @@ def pyvene_logits(adapter: HFModel, task, bases: Batch, sources: Batch, site: Si
     out = []
     for i in range(0, len(bases), batch_size):
         b, s = bases.select(slice(i, i + batch_size)), sources.select(slice(i, i + batch_size))
-        pb, ps = task.resolve(b, site.position), task.resolve(s, site.position)
+        pb, ps = b.position(site.position), s.position(site.position)
         locations = {"sources->base": ([[[int(p)] for p in ps]], [[[int(p)] for p in pb]])}
         _, cf = model(b.inputs, [s.inputs], unit_locations=locations)
         logits = cf.logits

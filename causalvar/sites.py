@@ -8,7 +8,7 @@ from dataclasses import dataclass
 #: the residual stream, ``head`` one attention head's output before the output projection
 #: (``[.., d_head]``, with ``Site.head``). ``"output"`` and ``"input"`` are the older names of
 #: ``resid_post`` and ``resid_pre``.
-COMPONENTS = ("resid_post", "resid_pre", "attn_out", "mlp_out", "head", "output", "input")
+COMPONENTS = ("resid_post", "resid_pre", "attn_out", "mlp_out", "head")
 ALIASES = {"output": "resid_post", "input": "resid_pre"}
 
 
@@ -29,12 +29,14 @@ class Site:
 
     layer: int | str
     position: int | str | None = None
-    component: str = "output"
+    component: str = "resid_post"
     head: int | None = None
 
     def __post_init__(self):
+        object.__setattr__(self, "component", ALIASES.get(self.component, self.component))  # one name each
         if self.component not in COMPONENTS:
-            raise ValueError(f"site component must be one of {COMPONENTS}, got {self.component!r}")
+            raise ValueError(f"site component must be one of {COMPONENTS} (or 'output' / 'input', the older names "
+                             f"of resid_post / resid_pre), got {self.component!r}")
         if not isinstance(self.layer, (int, str)) or isinstance(self.layer, bool):
             raise ValueError(f"site layer must be an int (block index) or a module path, got {self.layer!r}")
         if (self.component == "head") != (self.head is not None):
@@ -43,12 +45,7 @@ class Site:
         if self.head is not None and (not isinstance(self.head, int) or isinstance(self.head, bool) or self.head < 0):
             raise ValueError(f"site head must be a non-negative int, got {self.head!r}")
 
-    @property
-    def kind(self) -> str:
-        """The canonical component name (``"output"`` -> ``"resid_post"``, ``"input"`` -> ``"resid_pre"``)."""
-        return ALIASES.get(self.component, self.component)
-
     def __str__(self) -> str:
         pos = "" if self.position is None else f"@{self.position}"
-        comp = "" if self.kind == "resid_post" else f".{self.component}" + ("" if self.head is None else str(self.head))
+        comp = "" if self.component == "resid_post" else f".{self.component}" + ("" if self.head is None else str(self.head))
         return f"L{self.layer}{comp}{pos}"

@@ -15,7 +15,8 @@ from torch.nn import functional as F
 
 from .causal_model import CausalModel
 from .counterfactuals import CounterfactualDataset
-from .models.base import Batch
+from .errors import TaskError
+from .models.base import Batch, token_index
 
 
 #: how a prompt task judges an answer: the argmax token (single-token answers), the whole answer by
@@ -26,10 +27,6 @@ CHECKERS = ("token", "greedy", "normalized")
 def normalize(text: str) -> str:
     """Lower case, without spaces and punctuation (for the ``"normalized"`` checker)."""
     return re.sub(r"[\W_]+", "", text.lower())
-
-
-class TaskError(ValueError):
-    """Inputs or outputs that the task cannot map to the network, said in the task's terms."""
 
 
 class Task:
@@ -120,11 +117,9 @@ class Task:
         return F.cross_entropy(logits.float(), self.targets(values).to(logits.device))
 
     def resolve(self, batch: Batch, position) -> torch.Tensor | None:
-        """The token index ``[n]`` a site's position names (``None`` without a sequence axis)."""
-        if position is None:
-            return None
-        raise TaskError(f"position {position!r} given, but this task's network has no sequence axis; "
-                        "use positions=None")
+        """The token index ``[n]`` a site's position names (``None`` without a sequence axis); see
+        ``Batch.position``."""
+        return batch.position(position)
 
 
 def word(input_name: str, occurrence: int = 1) -> Callable[[Mapping, str], int]:
@@ -193,12 +188,7 @@ class PromptTask(Task):
             if role == "last" or spec == "last":
                 positions[role] = last
             elif isinstance(spec, int):
-                idx = first + spec if spec >= 0 else last + 1 + spec
-                bad = ((idx < first) | (idx > last)).nonzero().flatten().tolist()
-                if bad:
-                    raise TaskError(f"position '{role}' = {spec} is outside example {bad[0]}'s "
-                                    f"{int(lengths[bad[0]])} tokens")
-                positions[role] = idx
+                positions[role] = token_index(first, last, spec, f"position '{role}' = {spec}")
             else:  # a callable sees every variable's value, not only the inputs
                 full = full or [self.causal_model.run(s) for s in settings]
                 positions[role] = torch.tensor([
@@ -278,16 +268,3 @@ class PromptTask(Task):
                 out.append(normalize(self.tokenizer.decode(row)).startswith(normalize(self.answer(v))))
         return torch.tensor(out, dtype=torch.bool)
 
-    def resolve(self, batch: Batch, position) -> torch.Tensor:
-        if isinstance(position, int):
-            first, last = batch.positions["first"], batch.positions["last"]
-            idx = first + position if position >= 0 else last + 1 + position
-            bad = ((idx < first) | (idx > last)).nonzero().flatten().tolist()
-            if bad:
-                raise TaskError(f"position {position} is outside example {bad[0]}, which has "
-                                f"{int(last[bad[0]] - first[bad[0]] + 1)} tokens")
-            return idx
-        if position not in batch.positions or position == "first":
-            raise TaskError(f"unknown position {position!r}; this task's positions are "
-                            f"{sorted(self.positions)} or an int")
-        return batch.positions[position]

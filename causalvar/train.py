@@ -51,7 +51,7 @@ def train(engine: Engine, featurizer: Featurizer, site: Site, data: Split, val: 
     """Train ``featurizer`` (already built/fitted) at ``site`` on the split ``data``.
 
     Each epoch visits the split's prepared chunks in a seeded random order, one AdamW step per chunk
-    (``build_splits(..., batch_sizes=[train_batch_size, ...])`` sizes them). With ``val``, the task's metric
+    (``build_splits(..., task, batch_sizes=[train_batch_size, ...])`` sizes them). With ``val``, the task's metric
     (IIA, or e.g. a squared error where lower is better) is measured after every epoch, the best state
     is kept and training stops after ``patience`` epochs without improvement. Returns the history:
     loss per epoch, validation score per epoch (``val_score``), epochs run.
@@ -65,7 +65,7 @@ def train(engine: Engine, featurizer: Featurizer, site: Site, data: Split, val: 
     n_chunks = len(data.prepared.batches)
     total = max(1, epochs * n_chunks)
     history = {"loss": [], "val_score": [], "epochs": 0}
-    sign = -1.0 if engine.task.lower_is_better else 1.0  # compare sign * score: larger is better
+    sign = -1.0 if data.task.lower_is_better else 1.0  # compare sign * score: larger is better
     best, best_state, stale, step = None, None, 0, 0
     bar = tqdm(total=total, desc=desc or f"train {featurizer.name} {site}", disable=not progress, leave=False)
     for epoch in range(epochs):
@@ -75,7 +75,7 @@ def train(engine: Engine, featurizer: Featurizer, site: Site, data: Split, val: 
             featurizer.set_progress(step / total)
             chunk = data.prepared.slices[k]
             logits = engine.run_chunk(data.prepared, k, site, featurizer, data.sources[site][chunk])
-            loss = engine.task.loss(logits, data.labels[chunk]) + featurizer.regularizer()
+            loss = data.task.loss(logits, data.labels[chunk]) + featurizer.regularizer()
             if not torch.isfinite(loss):
                 where = (f"the loss became {loss.item()} at epoch {epoch}, step {step} while training "
                          f"{featurizer.name} at {site}")
@@ -128,10 +128,10 @@ def fit(featurizer: Featurizer, model, task, variable: str, site: Site,
     check_training(epochs, lr, val_fraction, train_batch_size=train_batch_size)
     if not isinstance(site, Site):
         site = Site(site)
-    engine = Engine(as_adapter(model), task, batch_size=batch_size)
+    engine = Engine(as_adapter(model), batch_size=batch_size)
     trainable = featurizer.learns_from_interventions
     parts = [1.0 - val_fraction, None] if trainable and val_fraction > 0 else [None]
-    splits, kept = build_splits(engine, data, [site], parts, seed=seed, filter_correct=filter_correct,
+    splits, kept = build_splits(engine, task, data, [site], parts, seed=seed, filter_correct=filter_correct,
                                 batch_sizes=[train_batch_size] + [batch_size] * (len(parts) - 1))
     warn_no_effect(variable, [kept], task.causal_model.output)
     train_split, val_split = splits[0], (splits[1] if len(splits) > 1 and len(splits[1]) else None)

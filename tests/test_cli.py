@@ -89,7 +89,7 @@ def test_unknown_model_fails_at_once_offline(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     code, err, _ = _error(capsys, LOCALIZE[:-1] + [str(tmp_path), "--model", "no-such-org/no-such-model"])
     assert code == 1
-    assert err == ("causalvar: error: 'no-such-org/no-such-model' is not an embedded model (smollm2-135m), not an "
+    assert err == ("causalvar: error: could not load 'no-such-org/no-such-model': it is not an embedded model (smollm2-135m), not an "
                    "existing folder or .gguf file, and not in the Hugging Face cache; HF_HUB_OFFLINE is set, so "
                    "the hub was not asked (unset it to download the model)")
 

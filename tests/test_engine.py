@@ -17,7 +17,7 @@ def _setup(model, tokenizer, padding_side="left", batch_size=4, n=10, variable="
     adapter = cv.HFModel(model, tokenizer, padding_side=padding_side)
     task = prompt_task(adapter)
     ds = cv.CounterfactualDataset.generate(task.causal_model, variable, n, seed=0)
-    engine = cv.Engine(adapter, task, batch_size=batch_size)
+    engine = cv.Engine(adapter, batch_size=batch_size)
     return adapter, task, ds, engine, task.encode(ds.bases), task.encode(ds.sources)
 
 
@@ -85,7 +85,7 @@ def test_agrees_with_pyvene(family, tokenizer):
         base_logits, _ = engine.capture(bases, [site])
         f = Neurons(dims=range(0, 32, 2)).build(32)
         ours = engine.run(engine.prepare(bases, [site]), site, f, acts[site])
-        ref = pyvene_logits(adapter, task, bases, sources, site, f, batch_size=4)
+        ref = pyvene_logits(adapter, bases, sources, site, f, batch_size=4)
         torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
         assert (ours - base_logits).abs().max() > 1e-4  # pyvene and causalvar both intervened
 
@@ -94,7 +94,7 @@ def test_mlp_self_interchange_and_full_vector(equality):
     task, mlp = equality
     adapter = cv.TorchModel(mlp)
     ds = cv.CounterfactualDataset.generate(task.causal_model, "left", 64, seed=1)
-    engine = cv.Engine(adapter, task, batch_size=16)
+    engine = cv.Engine(adapter, batch_size=16)
     bases, sources = task.encode(ds.bases), task.encode(ds.sources)
     sites = [cv.Site(i) for i in range(4)] + [cv.Site("1.0"), cv.Site(2, component="input")]
     base_logits, base_acts = engine.capture(bases, sites)
@@ -137,7 +137,7 @@ def test_key_value_reuse_equals_full_suffix(tiny_lm, tokenizer, side):
         adapter = cv.HFModel(model, tokenizer, padding_side=side, reuse_kv=reuse)
         task = prompt_task(adapter)
         ds = cv.CounterfactualDataset.generate(task.causal_model, "io", 9, seed=4)
-        engine = cv.Engine(adapter, task, batch_size=4)
+        engine = cv.Engine(adapter, batch_size=4)
         bases, sources = task.encode(ds.bases), task.encode(ds.sources)
         sites = [cv.Site(0, "io"), cv.Site(1, "s2", "input"), cv.Site(2, "last"), cv.Site(0, 2)]
         _, acts = engine.capture(sources, sites)
@@ -169,7 +169,7 @@ def test_intervened_generation_equals_recomputing_the_whole_sequence(tiny_lm, to
     site, f = cv.Site(1, "io"), Neurons().build(32)
     _, acts = engine.capture(sources, [site])
     ours = engine.generate(engine.prepare(bases, [site]), 3, site, f, acts[site])  # prompt once, then cached steps
-    pos = engine.positions(bases, site)
+    pos = bases.position(site.position)
     for i in range(len(bases)):  # reference: each row alone, unpadded, the whole sequence re-run per token
         real = bases.inputs["attention_mask"][i].bool()
         ids, p = bases.inputs["input_ids"][i][real].tolist(), int(pos[i]) - int(real.nonzero()[0])
@@ -177,7 +177,7 @@ def test_intervened_generation_equals_recomputing_the_whole_sequence(tiny_lm, to
             n = len(ids)
             row = Batch({"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, n, dtype=torch.long),
                          "position_ids": torch.arange(n)[None]}, {}, torch.tensor([n - 1]))
-            ids.append(int(engine._hooked_forward(row, site, torch.tensor([p]), f, acts[site][i:i + 1]).argmax(-1)))
+            ids.append(int(engine.forward(row, site, f, acts[site][i:i + 1], pos=torch.tensor([p])).argmax(-1)))
         assert ours[i].tolist() == ids[-3:], (family, side, i)
     last = cv.Site(adapter.n_layers - 1, "last")  # the whole last-layer vector: the source's own first token
     _, acts = engine.capture(sources, [last])
@@ -204,7 +204,7 @@ def test_greedy_checker_judges_whole_answers(tokenizer):
     task = cv.PromptTask(adapter, base_task.causal_model, prompt=base_task.prompt, answer=lambda v: f" {v} gave",
                          positions=base_task.positions, checker="greedy")
     ds = cv.CounterfactualDataset.generate(task.causal_model, "io", 40, seed=0)
-    engine = cv.Engine(adapter, task, batch_size=16)
+    engine = cv.Engine(adapter, batch_size=16)
     bases = task.encode(ds.bases)
     plain = engine.generate(engine.prepare(bases, []), 2)
     expected = [row == task.answer_ids(label) for row, label in zip(plain.tolist(), ds.labels)]

@@ -129,10 +129,10 @@ def test_a_trained_featurizer_is_scored_as_is(equality, tmp_path):
     before = das.R.detach().clone()
     test = cv.CounterfactualDataset.generate(task.causal_model, "left", 300, seed=2)
     res = cv.localize(mlp, task, "left", das, layers=[1], n_train=0, n_test=200, data=test, progress=False)
-    (_, _, split), _ = build_splits(cv.Engine(cv.TorchModel(mlp), task), test, [site], [0, 0, 200])
-    expected, _ = evaluate(cv.Engine(cv.TorchModel(mlp), task), split, site, das)
+    (_, _, split), _ = build_splits(cv.Engine(cv.TorchModel(mlp)), task, test, [site], [0, 0, 200])
+    expected, _ = evaluate(cv.Engine(cv.TorchModel(mlp)), split, site, das)
     torch.manual_seed(0)
-    fresh, _ = evaluate(cv.Engine(cv.TorchModel(mlp), task), split, site, DAS(dim=8).build(64))
+    fresh, _ = evaluate(cv.Engine(cv.TorchModel(mlp)), split, site, DAS(dim=8).build(64))
     assert res.table["iia"].item() == expected > fresh + 0.1  # the trained rotation, not a fresh one
     assert torch.equal(das.R.detach(), before) and "epochs_run" not in res.table
     das.save(tmp_path / "das")

@@ -17,7 +17,7 @@ from conftest import make_lm, prompt_task
 def _suffix_lengths(adapter, task, site):
     """Sequence lengths the last block sees during one intervened run at ``site``, and the padded length."""
     ds = cv.CounterfactualDataset.generate(task.causal_model, "io", 6, seed=1)
-    engine = cv.Engine(adapter, task, batch_size=6)
+    engine = cv.Engine(adapter, batch_size=6)
     bases, sources = task.encode(ds.bases), task.encode(ds.sources)
     _, acts = engine.capture(sources, [site])
     prepared = engine.prepare(bases, [site])
@@ -79,7 +79,7 @@ def test_embedded_model_uses_every_fast_path(smollm):
     assert smollm.fast_paths == {"suffix": True, "reuse_kv": True}, smollm.why_not
     task = cv.tasks.ioi(smollm)
     ds = task.counterfactual_sets("output_token", 4, seed=0)[0]
-    engine = cv.Engine(smollm, task, batch_size=4)
+    engine = cv.Engine(smollm, batch_size=4)
     site = cv.Site(20, "s2")
     _, acts = engine.capture(task.encode(ds.sources), [site])
     prepared = engine.prepare(task.encode(ds.bases), [site])

@@ -60,7 +60,7 @@ def test_score_and_loss_are_the_squared_error_of_the_logit_difference(lm):
     assert (task.metric, task.lower_is_better, task.coefficients) == ("mse", True, (0.5, 1.0, -2.0))
     data = cv.CounterfactualDataset.generate(task.causal_model, "output_position", 12, seed=0,
                                              source=ioi.flip_order, name="s1_io_flip")
-    engine = cv.Engine(lm, task)
+    engine = cv.Engine(lm)
     logits, _ = engine.capture(task.encode(data.bases), [])
     tok = lambda name: lm.tokenizer(" " + name, add_special_tokens=False)["input_ids"][0]
     by_hand = torch.tensor([(logits[i, tok(v.io)] - logits[i, tok(v.s)] - v.value).item() ** 2
@@ -73,9 +73,9 @@ def test_score_and_loss_are_the_squared_error_of_the_logit_difference(lm):
 def test_self_interchange_scores_the_unintervened_network(lm):
     task = ioi.ioi_logit_diff(lm, coefficients=(1.0, 0.5, 0.5))
     data = cv.CounterfactualDataset.generate(task.causal_model, "output_token", 16, seed=0, source=ioi.same)
-    engine = cv.Engine(lm, task)
+    engine = cv.Engine(lm)
     site = cv.Site(1, "s2")
-    (split,), _ = build_splits(engine, data, [site], [None], filter_correct=False)
+    (split,), _ = build_splits(engine, task, data, [site], [None], filter_correct=False)
     mse, scores = evaluate(engine, split, site, Neurons().build(32))
     logits, _ = engine.capture(task.encode(data.bases), [])
     torch.testing.assert_close(scores, task.score(logits[split.rows], split.labels), atol=1e-4, rtol=1e-4)

@@ -23,9 +23,9 @@ def test_round_trip_gives_the_same_iia(trained, equality, tmp_path, name):
     export_submission(trained, tmp_path, "left", name)
     ds = cv.CounterfactualDataset.generate(task.causal_model, "left", 300, seed=11)
     sub = evaluate_submission(mlp, task, tmp_path, "left", layers=[0, 1], positions=[None], data=ds)
-    engine = cv.Engine(cv.TorchModel(mlp), task)
+    engine = cv.Engine(cv.TorchModel(mlp))
     sites = [cv.Site(0), cv.Site(1)]
-    (split,), _ = build_splits(engine, ds, sites, [None])
+    (split,), _ = build_splits(engine, task, ds, sites, [None])
     for row in sub.rows:
         original = trained.featurizers[("left", name, str(row["layer"]), "None")]
         score, _ = evaluate(engine, split, cv.Site(row["layer"]), original)

@@ -46,7 +46,7 @@ def test_sites_have_their_shapes_and_writing_their_own_value_changes_nothing(lm)
     d_head = 8
     for site in [cv.Site(1, None, c) for c in COMPONENTS] + [cv.Site(1, None, "head", head=h) for h in range(4)]:
         h, _ = _read(adapter, batch, site)
-        assert h.shape == ((n, T, d_head) if site.kind == "head" else (n, T, 32)), site
+        assert h.shape == ((n, T, d_head) if site.component == "head" else (n, T, 32)), site
         assert torch.equal(_write(adapter, batch, site, lambda x: x.clone()), clean), site
 
 
@@ -126,4 +126,4 @@ def test_site_errors_are_in_the_users_terms(tokenizer):
     mlp = cv.TorchModel(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU()))
     with pytest.raises(cv.ModelError, match="has no 'mlp_out' component"):
         mlp.hook(cv.Site(0, None, "mlp_out"), lambda h: None)
-    assert str(cv.Site(3, "s2", "head", head=5)) == "L3.head5@s2" and cv.Site(1, component="input").kind == "resid_pre"
+    assert str(cv.Site(3, "s2", "head", head=5)) == "L3.head5@s2" and cv.Site(1, component="input").component == "resid_pre"

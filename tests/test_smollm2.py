@@ -32,12 +32,12 @@ def test_agrees_with_pyvene_on_smollm2(smollm):
     task = cv.tasks.ioi(smollm)
     ds = cv.CounterfactualDataset.generate(task.causal_model, "output_position", 12, seed=2)
     bases, sources = task.encode(ds.bases), task.encode(ds.sources)
-    engine = cv.Engine(smollm, task, batch_size=6)
+    engine = cv.Engine(smollm, batch_size=6)
     for site in [cv.Site(0, "s2"), cv.Site(15, "s2"), cv.Site(29, "last")]:
         _, acts = engine.capture(sources, [site])
         f = Neurons(dims=range(0, 576, 3)).build(576)
         ours = engine.run(engine.prepare(bases, [site]), site, f, acts[site])
-        ref = pyvene_logits(smollm, task, bases, sources, site, f, batch_size=6)
+        ref = pyvene_logits(smollm, bases, sources, site, f, batch_size=6)
         torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-4)
         assert torch.equal(ours.argmax(-1), ref.argmax(-1))
 

@@ -119,7 +119,7 @@ def test_filter_drops_exactly_the_pairs_the_network_gets_wrong():
     with torch.no_grad():
         right = lambda settings, labels: net(task.encode(settings).inputs["x"]).argmax(-1) == task.targets(labels)
         keep = (right(data.bases, data.base_labels) & right(data.sources, data.source_labels)).tolist()
-    (split,), kept = build_splits(cv.Engine(cv.as_adapter(net), task), data, [cv.Site(0)], [None])
+    (split,), kept = build_splits(cv.Engine(cv.as_adapter(net)), task, data, [cv.Site(0)], [None])
     expected = [i for i in range(len(data)) if keep[i]]
     assert 0 < len(expected) < len(data)
     assert kept.bases == [data.bases[i] for i in expected] and kept.sources == [data.sources[i] for i in expected]

@@ -85,7 +85,7 @@ def test_suffix_runs_equal_full_hooked_forwards(pair):
     family, hf, tlm = pair
     task = prompt_task(tlm)
     ds = cv.CounterfactualDataset.generate(task.causal_model, "io", 8, seed=5)
-    engine = cv.Engine(tlm, task, batch_size=4)
+    engine = cv.Engine(tlm, batch_size=4)
     bases, sources = task.encode(ds.bases), task.encode(ds.sources)
     site = cv.Site(1, "io")
     _, acts = engine.capture(sources, [site])
@@ -93,7 +93,7 @@ def test_suffix_runs_equal_full_hooked_forwards(pair):
     torch.manual_seed(0)
     das = DAS(dim=4).build(32).eval()
     suffix = engine.run(prepared, site, das, acts[site])
-    pos = task.resolve(bases, "io")
+    pos = bases.position("io")
     handle = tlm.hook(site, lambda h: h.index_put(
         (torch.arange(len(pos)), pos), das.interchange(h[torch.arange(len(pos)), pos], acts[site])))
     try:

@@ -19,8 +19,8 @@ def test_standalone_fit_improves_iia_and_keeps_rotation_orthonormal(equality):
     task, mlp = equality
     data = cv.CounterfactualDataset.generate(task.causal_model, "left", 1200, seed=0)
     train, test = data.split(1000, seed=0)
-    engine = cv.Engine(cv.TorchModel(mlp), task)
-    (split,), _ = build_splits(engine, test, [cv.Site(0)], [None])
+    engine = cv.Engine(cv.TorchModel(mlp))
+    (split,), _ = build_splits(engine, task, test, [cv.Site(0)], [None])
     torch.manual_seed(0)
     untrained = DAS(dim=8).build(split.sources[cv.Site(0)].shape[-1])
     before, _ = evaluate(engine, split, cv.Site(0), untrained)
@@ -57,10 +57,10 @@ def test_saved_featurizers_reload_with_identical_iia(equality, tmp_path):
                       out=tmp_path, progress=False)
     assert {"kept", "of"} <= set(res.table.columns) and "size" in res.table.columns
     loaded = cv.Results.load(tmp_path)
-    engine = cv.Engine(cv.TorchModel(mlp), task)
+    engine = cv.Engine(cv.TorchModel(mlp))
     sites = [cv.Site(0), cv.Site(1)]
     ds = cv.CounterfactualDataset.generate(task.causal_model, "left", 600 + 600 // 4 + 8, seed=5)
-    (_, _, test), _ = build_splits(engine, ds, sites, [320, 80, 200], seed=5)
+    (_, _, test), _ = build_splits(engine, task, ds, sites, [320, 80, 200], seed=5)
     for row in res.rows:
         key = (row["variable"], row["featurizer"], str(row["layer"]), str(row["position"]))  # one per cell
         feat = loaded.featurizers[key]
@@ -74,15 +74,15 @@ def test_pyvene_runs_a_trained_das_with_the_same_iia(tokenizer):
     model = make_lm("gpt2", len(tokenizer))
     adapter = cv.HFModel(model, tokenizer)
     task = prompt_task(adapter)
-    engine = cv.Engine(adapter, task, batch_size=8)
+    engine = cv.Engine(adapter, batch_size=8)
     site = cv.Site(1, "last")
     ds = cv.CounterfactualDataset.generate(task.causal_model, "io", 64, seed=0)
-    (train, test), kept = build_splits(engine, ds, [site], [48, 16], filter_correct=False)
+    (train, test), kept = build_splits(engine, task, ds, [site], [48, 16], filter_correct=False)
     torch.manual_seed(0)
     das = DAS(dim=4).build(32)
     cv.train.train(engine, das, site, train, epochs=3, lr=0.05, progress=False)
     ours = engine.run(test.prepared, site, das, test.sources[site])
     bases, sources = (task.encode([rows[i] for i in test.rows]) for rows in (kept.bases, kept.sources))
-    ref = pyvene_logits(adapter, task, bases, sources, site, das, batch_size=8)
+    ref = pyvene_logits(adapter, bases, sources, site, das, batch_size=8)
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
     assert task.correct(ours, test.labels).tolist() == task.correct(ref, test.labels).tolist()

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..errors import TaskError
 from ..sites import Site
 
 
@@ -28,8 +29,11 @@ class Batch:
 
     inputs: model inputs, each ``[n, ...]`` (e.g. ``x: [n, d_in]``, or ``input_ids, attention_mask,
         position_ids: [n, seq]``).
-    positions: token index per named role, each ``[n]`` (empty for networks without a sequence axis).
+    positions: token index per named role, each ``[n]``, with ``first`` and ``last`` (the real tokens'
+        ends); empty for networks without a sequence axis.
     read: the position whose logits the task reads, ``[n]`` (``None`` without a sequence axis).
+
+    The task resolves token roles when it encodes; ``position(spec)`` answers the engine's questions.
     """
 
     inputs: dict[str, torch.Tensor]
@@ -38,6 +42,21 @@ class Batch:
 
     def __len__(self) -> int:
         return len(next(iter(self.inputs.values())))
+
+    def position(self, spec) -> torch.Tensor | None:
+        """Token index ``[n]`` of a site's position: ``None`` (no sequence axis), an int (among each
+        row's real tokens: from the first, negative from the last), or a named role such as ``"last"``."""
+        if spec is None:
+            return None
+        if self.read is None:
+            raise TaskError(f"position {spec!r} given, but this task's network has no sequence axis; "
+                            "use positions=None")
+        if isinstance(spec, int) and not isinstance(spec, bool):
+            return token_index(self.positions["first"], self.positions["last"], spec, f"position {spec}")
+        if spec == "first" or spec not in self.positions:
+            raise TaskError(f"unknown position {spec!r}; this task's positions are "
+                            f"{sorted(k for k in self.positions if k != 'first')} or an int")
+        return self.positions[spec]
 
     def select(self, idx) -> "Batch":
         """Rows ``idx`` (a slice or a LongTensor of indices)."""
@@ -49,6 +68,17 @@ class Batch:
         return Batch({k: v.to(device) for k, v in self.inputs.items()},
                      {k: v.to(device) for k, v in self.positions.items()},
                      None if self.read is None else self.read.to(device))
+
+
+def token_index(first: torch.Tensor, last: torch.Tensor, spec: int, what: str) -> torch.Tensor:
+    """Token index ``[n]`` of int ``spec`` among each row's real tokens ``first..last`` (``[n]`` each):
+    from the first when ``spec >= 0``, from the last when negative; a ``TaskError`` naming ``what`` and
+    the first row it does not fit."""
+    idx = first + spec if spec >= 0 else last + 1 + spec
+    bad = ((idx < first) | (idx > last)).nonzero().flatten().tolist()
+    if bad:
+        raise TaskError(f"{what} is outside example {bad[0]}, which has {int(last[bad[0]] - first[bad[0]] + 1)} tokens")
+    return idx
 
 
 def hook_module(module: nn.Module, where: str, fn):
@@ -151,20 +181,20 @@ class Adapter:
         without a sequence axis, ``[n, seq, d_head]`` for a head). This base class knows a module's
         output (``resid_post``) and input (``resid_pre``); adapters of layered models add the
         components inside a layer."""
-        if site.kind not in ("resid_post", "resid_pre"):
-            raise ModelError(f"site {site}: a {type(self).__name__} has no '{site.kind}' component; its sites "
+        if site.component not in ("resid_post", "resid_pre"):
+            raise ModelError(f"site {site}: a {type(self).__name__} has no '{site.component}' component; its sites "
                              "are a module's output ('resid_post') or input ('resid_pre')")
         return hook_module(self.submodule(self.module_path(site)),
-                           "output" if site.kind == "resid_post" else "input", fn)
+                           "output" if site.component == "resid_post" else "input", fn)
 
     def block_index(self, site: Site) -> int | None:
         """The index j of the block whose INPUT equals this site's activation, when the site is on the
         residual stream between blocks (so suffix execution can start there); else ``None``."""
         path = self.module_path(site)
-        if path not in self.block_paths or site.kind not in ("resid_post", "resid_pre"):
+        if path not in self.block_paths or site.component not in ("resid_post", "resid_pre"):
             return None
         i = self.block_paths.index(path)
-        return i + 1 if site.kind == "resid_post" else i
+        return i + 1 if site.component == "resid_post" else i
 
     def forward(self, batch: Batch) -> torch.Tensor:
         """Logits the task reads: ``[n, n_classes]`` (at ``batch.read`` for sequence models)."""

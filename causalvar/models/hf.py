@@ -155,14 +155,14 @@ class HFModel(Adapter):
           (its attention pattern over the key/value head it shares); writing it changes only that
           query head's contribution ``z_h W_O[h]``, not the shared keys and values.
         """
-        if site.kind in ("resid_post", "resid_pre"):
+        if site.component in ("resid_post", "resid_pre"):
             return super().hook(site, fn)
         if not isinstance(site.layer, int):
-            raise ModelError(f"site {site}: '{site.kind}' sites take an int layer (a decoder block), "
+            raise ModelError(f"site {site}: '{site.component}' sites take an int layer (a decoder block), "
                              f"got the module path {site.layer!r}")
         block = self.submodule(self.module_path(site))
         attn = _child(block, _ATTN_ATTRS, f"the attention of block {site.layer}")
-        if site.kind == "head":
+        if site.component == "head":
             if not site.head < self.n_heads:
                 raise ModelError(f"site {site}: head {site.head} is out of range; the model has "
                                  f"{self.n_heads} query heads per layer (0..{self.n_heads - 1})")
@@ -170,8 +170,8 @@ class HFModel(Adapter):
             return hook_head(proj, site.head, self.n_heads, fn)
         sandwich = hasattr(block, "pre_feedforward_layernorm")  # Gemma 2: the post norms end each sublayer
         if sandwich:
-            return hook_module(getattr(block, _POST_NORMS[site.kind]), "output", fn)
-        sub = attn if site.kind == "attn_out" else _child(block, _MLP_ATTRS, f"the MLP of block {site.layer}")
+            return hook_module(getattr(block, _POST_NORMS[site.component]), "output", fn)
+        sub = attn if site.component == "attn_out" else _child(block, _MLP_ATTRS, f"the MLP of block {site.layer}")
         return hook_module(sub, "output", fn)
 
     def _logits(self, normed: torch.Tensor, read: torch.Tensor) -> torch.Tensor:

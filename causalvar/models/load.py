@@ -81,7 +81,7 @@ def _check_hub_name(name: str) -> None:
     from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
     from huggingface_hub.utils import validate_repo_id
 
-    what = (f"'{name}' is not an embedded model ({', '.join(sorted(EMBEDDED))}), not an existing folder "
+    what = (f"could not load '{name}': it is not an embedded model ({', '.join(sorted(EMBEDDED))}), not an existing folder "
             "or .gguf file")
     try:
         validate_repo_id(name)

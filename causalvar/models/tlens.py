@@ -75,8 +75,8 @@ class TLModel(Adapter):
         if not isinstance(site.layer, int):
             return super().hook(site, fn)
         block = self.submodule(self.module_path(site))
-        point = block.get_submodule(HOOK_NAMES[site.kind])
-        if site.kind != "head":
+        point = block.get_submodule(HOOK_NAMES[site.component])
+        if site.component != "head":
             return hook_module(point, "output", fn)
         if not site.head < self.n_heads:
             raise ModelError(f"site {site}: head {site.head} is out of range; the model has {self.n_heads} "

@@ -206,11 +206,11 @@ def fit_logit_diff(lm, site, n: int = 256, seed: int = 0, batch_size: int = 64, 
 
     task = _ld_task(lm, (0.0, 0.0, 0.0))
     cm = task.causal_model
-    engine = Engine(lm, task, batch_size=batch_size)
+    engine = Engine(lm, batch_size=batch_size)
     X, y, counts, means = [], [], {}, {}
     for name, gen in {"same": same, **LD_SETS}.items():
         data = CounterfactualDataset.generate(cm, "output_token", n, seed=seed, source=gen, name=name)
-        (split,), kept = build_splits(engine, data, [site], [None], seed=seed, filter_correct=filter_correct)
+        (split,), kept = build_splits(engine, task, data, [site], [None], seed=seed, filter_correct=filter_correct)
         logits = engine.run(split.prepared, site, Neurons().build(split.sources[site].shape[-1]), split.sources[site])
         diff = task._diff(logits, split.labels)
         for r, d in zip(split.rows, diff.tolist()):
