@@ -30,7 +30,8 @@ import torch
 from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (Clock, base_parser, load_lm, parse_layers, print_table, print_targets,  # noqa: E402
+from causalvar.cli import parse_layers  # noqa: E402
+from common import (Clock, base_parser, load_lm, print_table, print_targets,  # noqa: E402
                     setup_threads, target, warm_up, write_json)
 
 import causalvar as cv  # noqa: E402
@@ -42,7 +43,7 @@ from featurizers import DAS  # noqa: E402
 
 def parser():
     p = base_parser(__doc__.split("\n\n")[0])
-    p.add_argument("--layers", default="all", help='"all", "0,15,29", "0-29"')
+    p.add_argument("--layers", default="all", help='"all", "0,15,29" or a range "0:30:3"')
     p.add_argument("--position", default="last", help="the IOI role intervened at")
     p.add_argument("--dim", type=int, default=16, help="DAS subspace size k")
     p.add_argument("--n-train", type=int, default=256, help="training pairs")

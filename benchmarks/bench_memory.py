@@ -36,7 +36,7 @@ LIMIT_GB = 2.5
 
 def parser():
     p = base_parser(__doc__.split("\n\n")[0])
-    p.add_argument("--layers", default="all", help='"all", "0,15,29", "0-29"')
+    p.add_argument("--layers", default="all", help='"all", "0,15,29" or a range "0:30:3"')
     p.add_argument("--positions", default=",".join(POSITIONS), help="comma-separated IOI roles")
     p.add_argument("--pairs", type=int, default=256, help="counterfactual pairs")
     p.add_argument("--path", choices=["engine", "localize"], default="engine", help="what the child runs")
@@ -59,7 +59,8 @@ def child(args) -> dict:
     import torch
 
     import causalvar as cv
-    from common import load_lm, parse_layers, parse_list
+    from causalvar.cli import parse_layers
+    from common import load_lm, parse_list
     from featurizers import Neurons
 
     after_import = peak_rss_gb()

@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, base_parser, load_lm, parse_list, setup_threads, write_json  # noqa: E402
 
 import causalvar as cv  # noqa: E402
-from causalvar.cli import parse_layers, task_accuracy  # noqa: E402
+from causalvar import task_accuracy  # noqa: E402
+from causalvar.cli import parse_layers  # noqa: E402
 from featurizers import DAS, DBM, Neurons  # noqa: E402
 
 OUT = RESULTS / "mib"

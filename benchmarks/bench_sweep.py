@@ -27,7 +27,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (POSITIONS, Clock, base_parser, load_lm, parse_layers, parse_list, print_table,  # noqa: E402
+from causalvar.cli import parse_layers  # noqa: E402
+from common import (POSITIONS, Clock, base_parser, load_lm, parse_list, print_table,  # noqa: E402
                     print_targets, setup_threads, target, warm_up, write_json)
 
 import causalvar as cv  # noqa: E402
@@ -37,7 +38,7 @@ from featurizers import Neurons  # noqa: E402
 
 def parser():
     p = base_parser(__doc__.split("\n\n")[0])
-    p.add_argument("--layers", default="all", help='"all", "0,15,29", "0-29"')
+    p.add_argument("--layers", default="all", help='"all", "0,15,29" or a range "0:30:3"')
     p.add_argument("--positions", default=",".join(POSITIONS), help="comma-separated IOI roles")
     p.add_argument("--pairs", type=int, default=256, help="counterfactual pairs (bases = sources = pairs)")
     p.add_argument("--repeats", type=int, default=3, help="(d): timings per measurement; the minimum is kept")

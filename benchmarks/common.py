@@ -137,26 +137,6 @@ def timed(fn, *args, **kwargs):
 
 
 # ----------------------------------------------------------------------------------------- CLI
-def parse_layers(text: str, n_layers: int) -> list[int]:
-    """``"all"``, ``"0,15,29"``, ``"0-29"`` or a mix (``"0-3,15,29"``) -> sorted unique block indices."""
-    if text.strip().lower() == "all":
-        return list(range(n_layers))
-    layers: set[int] = set()
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        if "-" in part:
-            lo, hi = part.split("-", 1)
-            layers.update(range(int(lo), int(hi) + 1))
-        else:
-            layers.add(int(part))
-    bad = [layer for layer in layers if not 0 <= layer < n_layers]
-    if bad:
-        raise SystemExit(f"layers {sorted(bad)} are out of range: the model has {n_layers} blocks (0..{n_layers - 1})")
-    return sorted(layers)
-
-
 def parse_list(text: str) -> list[str]:
     return [p.strip() for p in text.split(",") if p.strip()]
 

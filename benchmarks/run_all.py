@@ -25,7 +25,7 @@ SCRIPTS = {"sweep": "bench_sweep.py", "das": "bench_das.py", "memory": "bench_me
 def parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--only", default="sweep,das,memory", help="comma-separated subset of sweep,das,memory")
-    p.add_argument("--layers", help="all scripts: 'all', '0,15,29', '0-29'")
+    p.add_argument("--layers", help="all scripts: 'all', '0,15,29' or a range '0:30:3'")
     p.add_argument("--positions", help="sweep and memory: comma-separated IOI roles")
     p.add_argument("--pairs", type=int, help="sweep and memory: counterfactual pairs")
     p.add_argument("--repeats", type=int, help="sweep (d): timings per measurement")

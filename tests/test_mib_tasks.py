@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 import causalvar as cv
-from causalvar.cli import task_accuracy
+from causalvar import task_accuracy
 ar = importlib.import_module("causalvar.tasks.arithmetic")  # the modules (cv.tasks.mcqa etc. are the factories)
 mc = importlib.import_module("causalvar.tasks.mcqa")
 rv = importlib.import_module("causalvar.tasks.ravel")

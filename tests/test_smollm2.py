@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import causalvar as cv
-from causalvar.cli import task_accuracy
+from causalvar import task_accuracy
 from causalvar.pyvene_bridge import pyvene_logits
 from featurizers import Neurons
 
