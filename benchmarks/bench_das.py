@@ -2,7 +2,7 @@
 
 Every layer at one position (``--position``, default "last"), IOI on SmolLM2, one CounterfactualDataset
 of ``--n-train + --n-test`` pairs (seed ``--seed``, no filtering) split by
-``causalvar.cells.build_splits(..., [n_train, n_test], seed, filter_correct=False)``. Per cell, both
+``causalvar.splits.build_splits(..., [n_train, n_test], seed, filter_correct=False)``. Per cell, both
 sides:
 - build ``DAS(dim=k)`` right after ``torch.manual_seed(seed)`` (the same initial rotation);
 - train ``--epochs`` epochs with AdamW(lr) on cross-entropy at each base's read position against the
@@ -35,7 +35,7 @@ from common import (Clock, base_parser, load_lm, print_table, print_targets,  # 
                     setup_threads, target, warm_up, write_json)
 
 import causalvar as cv  # noqa: E402
-from causalvar.cells import build_splits  # noqa: E402
+from causalvar.splits import build_splits  # noqa: E402
 from causalvar.pyvene_bridge import intervenable, pyvene_logits  # noqa: E402
 from causalvar.train import train  # noqa: E402
 from featurizers import DAS  # noqa: E402

@@ -16,7 +16,7 @@ import time
 import torch
 
 import causalvar as cv
-from causalvar.cells import build_splits, evaluate
+from causalvar.splits import build_splits, evaluate
 from featurizers import DAS, DBM, PCA, SAE, BoundlessDAS, Neurons, SupervisedDictionary
 
 from common import write_json

@@ -77,7 +77,7 @@ def run_task(lm, name: str, args, out: Path) -> dict:
     accuracy = task_accuracy(lm, task, n=args.n_accuracy, seed=args.seed)
     print(f"{name}: accuracy {accuracy:.3f} on {args.n_accuracy} prompts; {variables} at {len(layers)} layers x "
           f"{positions}", flush=True)
-    res = cv.Results(meta={"metric": task.metric, "lower_is_better": task.lower_is_better, "data": {}})
+    res = cv.Results(meta={"metric": task.metric.name, "lower_is_better": task.metric.lower_is_better, "data": {}})
     featurizers = {}
     for v in variables:  # one sweep per variable: DAS takes the variable's own size
         feats = [Neurons(), DAS(dim=args.dim or DAS_DIM[v](lm.d_model)), DBM(Neurons())]

@@ -1,7 +1,7 @@
 """causalvar: find where a high-level causal variable lives in a network, by interchange interventions."""
 from . import tasks
 from .causal_model import CausalModel, CausalModelError
-from .cells import TooFewPairsError, task_accuracy
+from .splits import TooFewPairsError, task_accuracy
 from .counterfactuals import CounterfactualDataset, CounterfactualError, DuplicatePairsWarning, NoEffectWarning
 from .engine import Engine
 from .localize import localize

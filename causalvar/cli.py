@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from .cells import task_accuracy
+from .splits import task_accuracy
 
 
 def _shown(res, keys: list[str]) -> str:

@@ -1,4 +1,5 @@
-"""The sweep: every (variable × featurizer × layer × position) cell, fitted and scored."""
+"""Localization, the front door of a sweep: validate the arguments, prepare each variable's data once,
+plan its cells (variable × featurizer × layer × position), hand them to an executor, collect ``Results``."""
 from __future__ import annotations
 
 import copy
@@ -6,20 +7,18 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-from tqdm.auto import tqdm
-
 from featurizers import Featurizer, FeaturizerError
 
-from .cells import Split, baseline, build_splits, drawn_splits, evaluate, fit_activations, warn_no_effect
 from .counterfactuals import CounterfactualDataset, DuplicatePairsWarning
 from .engine import Engine
-from .metrics import score_row
+from .metrics import Metric, as_metric
 from .models import as_adapter
-from .results import Results, featurizer_dir
+from .results import Results
 from .runstore import RunStore
 from .sites import Site
-from .train import check_count, check_training, train
+from .splits import Split, build_splits, drawn_splits, warn_no_effect
+from .sweep import Cell, InProcessExecutor, SweepData, Training, trained
+from .train import check_count, check_training
 
 
 def _as_list(x) -> list:
@@ -38,12 +37,6 @@ def _as_layers(layers) -> list:
     return list(layers)
 
 
-def _trained(f: Featurizer) -> bool:
-    """Whether a featurizer that learns from interventions already holds trained parameters (it was
-    fitted, or loaded with ``Featurizer.load``): built for a hidden size."""
-    return f.learns_from_interventions and f.d is not None
-
-
 def _check_featurizers(featurizer, n_train: int) -> list[Featurizer]:
     """The featurizers as a list, refused before any work when they are classes, untrainable with
     ``n_train`` pairs, or already trained while ``n_train`` asks to train them again."""
@@ -55,11 +48,11 @@ def _check_featurizers(featurizer, n_train: int) -> list[Featurizer]:
         if not isinstance(f, Featurizer):
             raise ValueError(f"featurizer must be a Featurizer instance (e.g. Neurons(), DAS(dim=8)), got {f!r} "
                              f"of type {type(f).__name__}")
-        if _trained(f) and n_train > 0:
+        if trained(f) and n_train > 0:
             raise ValueError(f"{f.name} is already trained (on hidden size {f.d}) and n_train={n_train} would "
                              "train it again; pass n_train=0 to score it as is, or featurizer.clone() to train "
                              "a new one")
-        if f.learns_from_interventions and not _trained(f) and n_train <= 0:
+        if f.learns_from_interventions and not trained(f) and n_train <= 0:
             raise ValueError(f"{f.name} learns from interventions; n_train must be > 0 (or pass a trained one, "
                              "e.g. Featurizer.load(path), with n_train=0 to score it as is)")
         if f.learns_from_activations and not f.fitted and n_train <= 0:
@@ -90,22 +83,14 @@ def _check_sites(feats: Sequence[Featurizer], sizes: dict[Site, int]) -> None:
                 fits.add(d)
 
 
-def _cell_featurizer(f: Featurizer) -> Featurizer:
-    """The featurizer a cell fits and scores: a trained or fitted one as is (``n_train=0`` scores it), a
-    copy where a fitted one is still to be trained (DBM over a fitted PCA: the same start in every
-    cell, the user's object untouched), else a fresh clone."""
-    if _trained(f) or (f.fitted and not f.learns_from_interventions):
-        return f
-    return copy.deepcopy(f) if f.fitted else f.clone()
-
-
 def localize(model, task, variable: str | Sequence[str], featurizer: Featurizer | Sequence[Featurizer],
              layers: int | str | Sequence[int | str], positions=None, n_train: int = 1000, n_test: int = 200,
              seed: int = 0, data: CounterfactualDataset | dict | None = None, batch_size: int = 64,
              epochs: int = 3, lr: float = 1e-2, val_fraction: float = 0.2, patience: int = 3,
              filter_correct: bool = True,
              changes_output: bool = False, component: str = "resid_post", out: str | Path | None = None,
-             progress: bool = True, max_memory_gb: float | None = 4.0, train_batch_size: int = 64) -> Results:
+             progress: bool = True, max_memory_gb: float | None = 4.0, train_batch_size: int = 64,
+             metrics: Sequence[Metric | str] | None = None, executor=None) -> Results:
     """Localize ``variable`` (one or several) with ``featurizer`` (one or several) at every
     ``layers`` × ``positions`` cell, and score each on held-out pairs by the task's metric (IIA;
     tasks with real-valued outputs name theirs, e.g. the squared error of IOI's logit difference).
@@ -140,6 +125,11 @@ def localize(model, task, variable: str | Sequence[str], featurizer: Featurizer 
             same settings resumes where it stopped; the final results are saved there.
         max_memory_gb: captured activations kept in memory; the rest goes to memory-mapped files
             (``None``: no bound).
+        metrics: what to report, each a column (``cv.metrics.Metric`` instances or names: "iia",
+            "logit_diff", "prob", "kl_diff", ...); the first is the table's primary metric (with ``n``,
+            the interval and the baseline). Default: the task's metric, which is also what training
+            minimises and early stopping reads.
+        executor: runs the planned cells (default ``cv.sweep.InProcessExecutor()``).
     Returns: ``Results`` (``.table``, ``.heatmap(path)``, ``.save(dir)``). Each row holds the metric, its
     ``baseline`` (the metric with nothing interchanged: the network's own outputs on the bases scored
     against the counterfactual labels), ``n``, ``n_distinct`` and a 95% interval.
@@ -154,6 +144,9 @@ def localize(model, task, variable: str | Sequence[str], featurizer: Featurizer 
     variables = _as_list(variable)
     layers = _as_layers(layers)
     feats = _check_featurizers(featurizer, n_train)
+    metrics = [as_metric(m) for m in (metrics or [task.metric])]
+    if len({m.name for m in metrics}) != len(metrics):
+        raise ValueError(f"metrics must have distinct names, got {[m.name for m in metrics]}")
     cm = task.causal_model
     for v in variables:
         if v not in cm.variables:
@@ -166,65 +159,46 @@ def localize(model, task, variable: str | Sequence[str], featurizer: Featurizer 
             "layers": [str(x) for x in layers], "positions": [str(p) for p in _as_list(positions)],
             "n_train": n_train, "n_test": n_test, "seed": seed, "epochs": epochs, "lr": lr,
             "train_batch_size": train_batch_size, "filter_correct": filter_correct, "component": component,
-            "metric": task.metric, "lower_is_better": task.lower_is_better, "data": {}}
+            "metric": metrics[0].name, "lower_is_better": metrics[0].lower_is_better,
+            **({"metrics": [m.name for m in metrics]} if len(metrics) > 1 else {}), "data": {}}
     store = RunStore(out, {k: v for k, v in meta.items() if k != "data"}) if out is not None else None
-    done = store.done() if store else {}
     try:
         engine = Engine(adapter, batch_size=batch_size, max_memory_gb=max_memory_gb)
+        executor = executor or InProcessExecutor()
+        training = Training(epochs=epochs, lr=lr, patience=patience, seed=seed)
         results = Results(meta=meta)
-        total = len(variables) * len(feats) * len(sites)
-        bar = tqdm(total=total, desc="localize", disable=not progress)
         for v in variables:
-            n_val = int(round(n_train * val_fraction)) if any(f.learns_from_interventions for f in feats) else 0
-            sizes, chunks = [n_train - n_val, n_val, n_test], [train_batch_size, batch_size, batch_size]
-            built = _splits(engine, task, v, data.get(v) if isinstance(data, dict) else data, sites, sizes, chunks, seed,
-                            filter_correct, changes_output)
-            warn_no_effect(v, [kept for _, kept in built], cm.output)
-            tr = Split.concat([p[0] for p, _ in built], engine.store)
-            val = Split.concat([p[1] for p, _ in built], engine.store)
+            prepared = _prepare(engine, task, v, data.get(v) if isinstance(data, dict) else data, sites, feats,
+                                metrics, n_train, n_test, val_fraction, batch_size, train_batch_size, seed,
+                                filter_correct, changes_output, meta["data"])
             if v == variables[0]:  # the capture pass gives every site's size: check all cells before any runs
-                _check_sites(feats, {s: tr.sources[s].shape[-1] for s in sites})
-            tests = {kept.name: te for (_, _, te), kept in built}
-            distinct = _distinct_pairs(v, built, meta["data"])
-            for f in feats:
-                for s in sites:
-                    key = (v, f.name, str(s.layer), str(s.position))
-                    bar.set_postfix_str(f"{v} {f.name} {s}")
-                    if all(key + (name,) in done for name in tests):
-                        results.rows += [done[key + (name,)] for name in tests]
-                        path = Path(out) / featurizer_dir(*key)
-                        if (path / "featurizer.json").exists():
-                            results.featurizers[key] = Featurizer.load(path)
-                        bar.update(1)
-                        continue
-                    torch.manual_seed(seed)
-                    cell = _cell_featurizer(f)
-                    cell.build(tr.sources[s].shape[-1])
-                    info = {}
-                    if cell.learns_from_activations and not cell.fitted:
-                        fit_activations(cell, tr, s)
-                    if cell.learns_from_interventions and n_train > 0:
-                        hist = train(engine, cell, s, tr, val if len(val) else None, epochs=epochs, lr=lr,
-                                     seed=seed, patience=patience, progress=progress, desc=f"train {f.name} {v} {s}")
-                        info.update(epochs_run=hist["epochs"], final_loss=round(hist["loss"][-1], 5))
-                    results.featurizers[key] = cell
-                    rows = []
-                    for name, te in tests.items():
-                        _, scores = evaluate(engine, te, s, cell)
-                        rows.append({"variable": v, "featurizer": f.name, "layer": s.layer, "position": s.position,
-                                     "dataset": name, **score_row(scores, task.metric), "baseline": baseline(task, te),
-                                     "n_distinct": distinct[name], **info, **cell.summary()})
-                    if store:
-                        store.write_cell(rows, cell, key)
-                    results.rows += rows
-                    bar.update(1)
-        bar.close()
+                _check_sites(feats, {s: prepared.train.sources[s].shape[-1] for s in sites})
+            cells = [Cell(v, f, s, training) for f in feats for s in sites]
+            for result in executor.run(cells, prepared, store, progress, desc=f"localize {v}"):
+                results.rows += result.rows
+                if result.featurizer is not None:
+                    results.featurizers[result.cell.key] = result.featurizer
         if out is not None:
             results.save(out)
         return results
     finally:
         if store:
             store.close()  # released also when a cell raises (a notebook can retry at once)
+
+
+def _prepare(engine: Engine, task, variable: str, given, sites, feats, metrics, n_train, n_test, val_fraction,
+             batch_size, train_batch_size, seed, filter_correct, changes_output, reports: dict) -> SweepData:
+    """The data every cell of ``variable`` shares: each counterfactual set captured, filtered and split
+    once (training splits in chunks of ``train_batch_size``), the training and validation splits of all
+    sets joined, each set's test split with its count of distinct pairs."""
+    n_val = int(round(n_train * val_fraction)) if any(f.learns_from_interventions for f in feats) else 0
+    sizes, chunks = [n_train - n_val, n_val, n_test], [train_batch_size, batch_size, batch_size]
+    built = _splits(engine, task, variable, given, sites, sizes, chunks, seed, filter_correct, changes_output)
+    warn_no_effect(variable, [kept for _, kept in built], task.causal_model.output)
+    train_split = Split.concat([p[0] for p, _ in built], engine.store)
+    val = Split.concat([p[1] for p, _ in built], engine.store)
+    return SweepData(engine, train_split, val, {kept.name: te for (_, _, te), kept in built}, metrics, n_train,
+                     _distinct_pairs(variable, built, reports))
 
 
 def _distinct_pairs(variable: str, built, reports: dict) -> dict[str, int]:

@@ -22,10 +22,9 @@ import torch
 
 from featurizers import Featurizer, FeaturizerError, Neurons, Subspace
 
-from .cells import build_splits, evaluate
+from .splits import build_splits, intervene
 from .counterfactuals import CounterfactualDataset
 from .engine import Engine
-from .metrics import score_row
 from .models import as_adapter
 from .results import Results
 from .sites import Site
@@ -105,8 +104,8 @@ def evaluate_submission(model, task, folder: str | Path, variable: str, layers: 
         _unit_files(folder, s.layer, s.position)
     units: dict[Site, Featurizer] = {}
     datasets = list(data) if isinstance(data, (list, tuple)) else [data]
-    results = Results(meta={"submission": str(folder), "variable": variable, "metric": task.metric,
-                            "lower_is_better": task.lower_is_better, "data": {}})
+    results = Results(meta={"submission": str(folder), "variable": variable, "metric": task.metric.name,
+                            "lower_is_better": task.metric.lower_is_better, "data": {}})
     for ds in datasets:
         (test,), kept = build_splits(engine, task, ds, sites, [n_test], seed=seed, filter_correct=filter_correct)
         results.meta["data"][f"{variable}/{ds.name}"] = kept.report
@@ -114,7 +113,7 @@ def evaluate_submission(model, task, folder: str | Path, variable: str, layers: 
             if s not in units:
                 units[s] = load_unit(folder, s.layer, s.position, test.sources[s].shape[-1])
             feat = units[s]
-            _, scores = evaluate(engine, test, s, feat)
             results.rows.append({"variable": variable, "featurizer": "submission", "layer": s.layer,
-                                 "position": s.position, "dataset": ds.name, **score_row(scores, task.metric)})
+                                 "position": s.position, "dataset": ds.name,
+                                 **task.metric.columns(intervene(engine, test, s, feat))})
     return results

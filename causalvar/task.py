@@ -11,11 +11,11 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
-from torch.nn import functional as F
 
 from .causal_model import CausalModel
 from .counterfactuals import CounterfactualDataset
 from .errors import TaskError
+from .metrics import IIA, Metric
 from .models.base import Batch, token_index
 
 
@@ -38,6 +38,7 @@ class Task:
         decode: logits ``[n, n_classes]`` -> the n predicted high-level output values. Default:
             the argmax class compared with ``target`` of the expected value.
         target: high-level output value -> class index (training, logit metrics). Default ``int(v)``.
+        metric: the ``cv.metrics.Metric`` a cell reports by default and trains on (default ``IIA()``).
     """
 
     positions: Mapping = {}
@@ -48,15 +49,11 @@ class Task:
     variables: Sequence[str] | None = None
     #: whether answers are judged on greedily generated tokens (``correct_tokens``) instead of logits
     generates: bool = False
-    #: the score a cell reports (its column in ``Results.table``): "iia", the mean of ``score``'s
-    #: per-row correctness; a task with a real-valued output names its own (e.g. "mse")
-    metric: str = "iia"
-    #: whether a smaller ``metric`` is better (MIB's IOI squared error); used by aggregation and plots
-    lower_is_better: bool = False
 
     def __init__(self, causal_model: CausalModel, encode: Callable, decode: Callable | None = None,
-                 target: Callable | None = None, name: str | None = None):
+                 target: Callable | None = None, name: str | None = None, metric: Metric | None = None):
         self.causal_model = causal_model
+        self.metric = metric or IIA()  # the score a cell reports by default, and trains on
         self._encode = encode
         self._decode = decode
         self._target = target or int
@@ -106,16 +103,6 @@ class Task:
             return logits.argmax(-1).cpu() == self.targets(values)
         return torch.tensor([p == v for p, v in zip(self.predict(logits), values)], dtype=torch.bool)
 
-    def score(self, logits: torch.Tensor, values: Sequence) -> torch.Tensor:
-        """Per-row score ``[n]`` of logits ``[n, C]`` against the expected high-level values; a cell's
-        ``metric`` is its mean. Default: correctness (bool), so the mean is the IIA."""
-        return self.correct(logits, values)
-
-    def loss(self, logits: torch.Tensor, values: Sequence) -> torch.Tensor:
-        """The training objective (a scalar, differentiable in ``logits: [n, C]``): cross-entropy
-        against each expected value's class / first answer token."""
-        return F.cross_entropy(logits.float(), self.targets(values).to(logits.device))
-
     def resolve(self, batch: Batch, position) -> torch.Tensor | None:
         """The token index ``[n]`` a site's position names (``None`` without a sequence axis); see
         ``Batch.position``."""
@@ -158,8 +145,8 @@ class PromptTask(Task):
 
     def __init__(self, lm, causal_model: CausalModel, prompt: Callable[[Mapping], str],
                  answer: Callable = str, positions: Mapping | None = None, checker: str = "token",
-                 name: str | None = None):
-        super().__init__(causal_model, encode=prompt, target=None, name=name or "prompt_task")
+                 name: str | None = None, metric: Metric | None = None):
+        super().__init__(causal_model, encode=prompt, target=None, name=name or "prompt_task", metric=metric)
         if checker not in CHECKERS:
             raise TaskError(f"checker must be one of {CHECKERS}, got {checker!r}")
         self.lm = lm

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from featurizers import Featurizer
 
-from .cells import Split, build_splits, evaluate, fit_activations, network_nonfinite, warn_no_effect
+from .splits import Split, build_splits, evaluate, fit_activations, network_nonfinite, outcome, warn_no_effect
 from .counterfactuals import CounterfactualDataset
 from .engine import Engine
 from .models import as_adapter
@@ -52,7 +52,7 @@ def train(engine: Engine, featurizer: Featurizer, site: Site, data: Split, val: 
 
     Each epoch visits the split's prepared chunks in a seeded random order, one AdamW step per chunk
     (``build_splits(..., task, batch_sizes=[train_batch_size, ...])`` sizes them). With ``val``, the task's metric
-    (IIA, or e.g. a squared error where lower is better) is measured after every epoch, the best state
+    (IIA, or e.g. a squared error where lower is better; it is also the loss) is measured after every epoch, the best state
     is kept and training stops after ``patience`` epochs without improvement. Returns the history:
     loss per epoch, validation score per epoch (``val_score``), epochs run.
     """
@@ -65,7 +65,8 @@ def train(engine: Engine, featurizer: Featurizer, site: Site, data: Split, val: 
     n_chunks = len(data.prepared.batches)
     total = max(1, epochs * n_chunks)
     history = {"loss": [], "val_score": [], "epochs": 0}
-    sign = -1.0 if data.task.lower_is_better else 1.0  # compare sign * score: larger is better
+    metric = data.task.metric
+    sign = -1.0 if metric.lower_is_better else 1.0  # compare sign * score: larger is better
     best, best_state, stale, step = None, None, 0, 0
     bar = tqdm(total=total, desc=desc or f"train {featurizer.name} {site}", disable=not progress, leave=False)
     for epoch in range(epochs):
@@ -75,7 +76,7 @@ def train(engine: Engine, featurizer: Featurizer, site: Site, data: Split, val: 
             featurizer.set_progress(step / total)
             chunk = data.prepared.slices[k]
             logits = engine.run_chunk(data.prepared, k, site, featurizer, data.sources[site][chunk])
-            loss = data.task.loss(logits, data.labels[chunk]) + featurizer.regularizer()
+            loss = metric.loss(outcome(data, logits, rows=chunk)) + featurizer.regularizer()
             if not torch.isfinite(loss):
                 where = (f"the loss became {loss.item()} at epoch {epoch}, step {step} while training "
                          f"{featurizer.name} at {site}")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import causalvar as cv
-from causalvar.cells import build_splits, evaluate
+from causalvar.splits import build_splits, evaluate
 from featurizers import DAS, Featurizer, FeaturizerError, Neurons
 
 KW = dict(n_train=0, n_test=40, progress=False)

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import causalvar as cv
-from causalvar.cells import build_splits, evaluate
+from causalvar.metrics import Outcome
+from causalvar.splits import build_splits, evaluate
 from featurizers import DAS, Neurons
 
 from conftest import make_lm
@@ -57,7 +58,7 @@ def test_linear_model_follows_mibs_signals():
 
 def test_score_and_loss_are_the_squared_error_of_the_logit_difference(lm):
     task = ioi.ioi_logit_diff(lm, coefficients=(0.5, 1.0, -2.0))
-    assert (task.metric, task.lower_is_better, task.coefficients) == ("mse", True, (0.5, 1.0, -2.0))
+    assert (task.metric.name, task.metric.lower_is_better, task.coefficients) == ("mse", True, (0.5, 1.0, -2.0))
     data = cv.CounterfactualDataset.generate(task.causal_model, "output_position", 12, seed=0,
                                              source=ioi.flip_order, name="s1_io_flip")
     engine = cv.Engine(lm)
@@ -65,8 +66,9 @@ def test_score_and_loss_are_the_squared_error_of_the_logit_difference(lm):
     tok = lambda name: lm.tokenizer(" " + name, add_special_tokens=False)["input_ids"][0]
     by_hand = torch.tensor([(logits[i, tok(v.io)] - logits[i, tok(v.s)] - v.value).item() ** 2
                             for i, v in enumerate(data.labels)])
-    torch.testing.assert_close(task.score(logits, data.labels), by_hand)
-    torch.testing.assert_close(task.loss(logits, data.labels), by_hand.mean())
+    out = Outcome(task, logits, data.labels)
+    torch.testing.assert_close(task.metric.score(out), by_hand)
+    torch.testing.assert_close(task.metric.loss(out), by_hand.mean())
     assert all(v.value == 0.5 + 1.0 + 2.0 for v in data.labels)  # token +1, position -1
 
 
@@ -78,7 +80,8 @@ def test_self_interchange_scores_the_unintervened_network(lm):
     (split,), _ = build_splits(engine, task, data, [site], [None], filter_correct=False)
     mse, scores = evaluate(engine, split, site, Neurons().build(32))
     logits, _ = engine.capture(task.encode(data.bases), [])
-    torch.testing.assert_close(scores, task.score(logits[split.rows], split.labels), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(scores, task.metric.score(Outcome(task, logits[split.rows], split.labels)),
+                               atol=1e-4, rtol=1e-4)
     assert mse == pytest.approx(float(scores.mean()))
 
 
@@ -115,13 +118,14 @@ def test_localize_reports_mse_lower_is_better_and_das_lowers_it(lm, tmp_path):
 
 @pytest.mark.slow
 def test_smollm_logit_difference_fit_and_sweep(smollm):
-    fit = cv.tasks.ioi_logit_diff(smollm, n_fit=64).fit
+    fit = cv.tasks.fit_logit_diff(smollm, n=64)
     assert min(fit["n"].values()) >= 60  # SmolLM2 answers nearly every IOI prompt (filtering keeps them)
     # the default site (s2 at 60% depth) carries both signals: measured c_tok 2.1, c_pos 3.5, R² 0.82
     assert fit["r2"] > 0.7 and fit["token_coeff"] > 1.0 and fit["position_coeff"] > 1.0
     # fitted where the answer's identity lives (the last token, layer 24): a token model (c_tok 5.0)
-    task = cv.tasks.ioi_logit_diff(smollm, site=cv.Site(24, "last"), n_fit=64)
-    assert task.fit["r2"] > 0.8 and task.fit["token_coeff"] > 3.0 and abs(task.fit["position_coeff"]) < 1.0
+    late = cv.tasks.fit_logit_diff(smollm, cv.Site(24, "last"), n=64)
+    assert late["r2"] > 0.8 and late["token_coeff"] > 3.0 and abs(late["position_coeff"]) < 1.0
+    task = cv.tasks.ioi_logit_diff(smollm, late)
     res = cv.localize(smollm, task, "output_token", Neurons(), layers=[2, 28], positions=["last"],
                       n_train=0, n_test=32, progress=False)
     mse = res.table.groupby("layer")["mse"].mean()

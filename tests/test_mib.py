@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import causalvar as cv
-from causalvar.cells import build_splits, evaluate
+from causalvar.splits import build_splits, evaluate
 from causalvar.mib import evaluate_submission, export_submission, load_unit, unit_name
 from featurizers import DAS, DBM, PCA, Neurons
 

@@ -110,7 +110,7 @@ def test_same_seed_same_table(equality):
 
 
 def test_filter_drops_exactly_the_pairs_the_network_gets_wrong():
-    from causalvar.cells import build_splits
+    from causalvar.splits import build_splits
 
     task = cv.tasks.hierarchical_equality()
     net = cv.tasks.train_mlp(task, hidden=(16,), steps=400, n=4000)  # half-trained: wrong on a third

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import causalvar as cv
-from causalvar.cells import build_splits, evaluate
+from causalvar.splits import build_splits, evaluate
 from causalvar.pyvene_bridge import pyvene_logits
 from causalvar.results import featurizer_dir
 from featurizers import DAS, DBM, PCA, BoundlessDAS, Featurizer, FeaturizerError

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from ..causal_model import CausalModel
+from ..metrics import Metric, Outcome, logit_diff
 from ..task import PromptTask, word
 from .ioi_data import NAMES, OBJECTS, PLACES, TEMPLATES
 
@@ -135,75 +136,72 @@ def logit_diff_model(bias: float = 0.0, token_coeff: float = 0.0, position_coeff
     return CausalModel(base.inputs, {**mechanisms, "logit_diff": logit_diff}, output="logit_diff", sampler=_sample)
 
 
-class LogitDiffTask(PromptTask):
-    """IOI scored by the squared error of the network's ``logit(IO) - logit(S)`` against the
-    logit-difference model (MIB's IOI metric; lower is better). Trained with the same squared error.
-    The network "answers correctly" (for filtering) when its top token is the base's IO.
+class LogitDiffError(Metric):
+    """MIB's IOI score: the squared error ``[n]`` of the network's ``logit(IO) - logit(S)`` (the base's
+    names) against the logit-difference model's prediction (each label is a ``LogitDiff``); lower is
+    better, and training minimises it."""
 
-    Attributes: coefficients: (bias, token_coeff, position_coeff); fit: how they were obtained.
-    """
-
-    metric = "mse"
+    name = "mse"
     lower_is_better = True
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._names: dict[str, int] = {}
+    def __init__(self):
+        self._ids: dict[str, int] = {}
 
-    def _name_id(self, name: str) -> int:
+    def _name_id(self, tokenizer, name: str) -> int:
         """The token id of `` name`` (cached: read at every training step)."""
-        if name not in self._names:
-            self._names[name] = self.tokenizer(" " + name, add_special_tokens=False)["input_ids"][0]
-        return self._names[name]
+        if name not in self._ids:
+            self._ids[name] = tokenizer(" " + name, add_special_tokens=False)["input_ids"][0]
+        return self._ids[name]
 
-    def _diff(self, logits: torch.Tensor, values) -> torch.Tensor:
+    def diff(self, logits: torch.Tensor, labels, tokenizer) -> torch.Tensor:
         """``logit(io) - logit(s)`` per row: ``logits: [n, vocab]`` -> ``[n]``."""
-        io = torch.tensor([self._name_id(v.io) for v in values], device=logits.device)
-        s = torch.tensor([self._name_id(v.s) for v in values], device=logits.device)
-        rows = torch.arange(len(values), device=logits.device)
-        return logits[rows, io].float() - logits[rows, s].float()
+        io = torch.tensor([self._name_id(tokenizer, v.io) for v in labels], device=logits.device)
+        s = torch.tensor([self._name_id(tokenizer, v.s) for v in labels], device=logits.device)
+        return logit_diff(logits.float(), io, s)
 
-    def _squared_error(self, logits: torch.Tensor, values) -> torch.Tensor:
-        """``(logit(io) - logit(s) - predicted)²`` per row, ``[n]``, on the logits' device."""
-        want = torch.tensor([v.value for v in values], dtype=torch.float32, device=logits.device)
-        return (self._diff(logits, values) - want) ** 2
+    def _squared_error(self, out: Outcome) -> torch.Tensor:
+        logits = out.need("logits", self)
+        want = torch.tensor([v.value for v in out.labels], dtype=torch.float32, device=logits.device)
+        return (self.diff(logits, out.labels, out.task.tokenizer) - want) ** 2
 
-    def score(self, logits: torch.Tensor, values) -> torch.Tensor:
-        """Squared error ``[n]`` of the logit difference against each row's prediction."""
-        return self._squared_error(logits, values).cpu()
+    def score(self, out: Outcome) -> torch.Tensor:
+        return self._squared_error(out).cpu()
 
-    def loss(self, logits: torch.Tensor, values) -> torch.Tensor:
-        return self._squared_error(logits, values).mean()
+    def loss(self, out: Outcome) -> torch.Tensor:
+        return self._squared_error(out).mean()
 
 
-def _ld_task(lm, coefficients) -> LogitDiffTask:
-    task = LogitDiffTask(lm, logit_diff_model(*coefficients), prompt=prompt, answer=lambda v: " " + v.io,
-                         positions={"io": word("output_token"), "s1": word("subject", 1), "s2": word("subject", 2)},
-                         name="ioi_logit_diff")
+def _ld_task(lm, coefficients) -> PromptTask:
+    task = PromptTask(lm, logit_diff_model(*coefficients), prompt=prompt, answer=lambda v: " " + v.io,
+                      positions={"io": word("output_token"), "s1": word("subject", 1), "s2": word("subject", 2)},
+                      name="ioi_logit_diff", metric=LogitDiffError())
     task.variables = ["output_token", "output_position"]
     task.source_generators = dict(LD_SETS)
     task.coefficients = tuple(float(c) for c in coefficients)
     return task
 
 
-def fit_logit_diff(lm, site, n: int = 256, seed: int = 0, batch_size: int = 64, filter_correct: bool = True) -> dict:
+def fit_logit_diff(lm, site=None, n: int = 256, seed: int = 0, batch_size: int = 64, filter_correct: bool = True) -> dict:
     """Fit MIB's linear model of the logit difference on the network's own behaviour: for ``n`` pairs
     of each of the sets ``same``, ``s1_io_flip``, ``s2_io_flip`` and ``s1_ioi_flip_s2_ioi_flip`` (pairs
     the network answers correctly on base and source), interchange the whole hidden vector at
     ``site`` (a ``cv.Site``) from the source, measure ``logit(IO) - logit(S)`` in the base's names, and
     regress it on the (token, position) signals that both variables take from the source, by least
-    squares with an intercept (MIB fits it on patched S-inhibition heads). ``filter_correct=False``
-    keeps every pair (for networks that do not solve IOI).
+    squares with an intercept (MIB fits it on patched S-inhibition heads). ``site`` defaults to the
+    repeated subject (``s2``) at 60% of the depth. ``filter_correct=False`` keeps every pair (for
+    networks that do not solve IOI).
 
     Returns {"bias", "token_coeff", "position_coeff", "r2", "site", "n": pairs per set, "mean_diff":
     per set}.
     """
     from featurizers import Neurons
 
-    from ..cells import build_splits
+    from ..splits import build_splits
     from ..counterfactuals import CounterfactualDataset
     from ..engine import Engine
+    from ..sites import Site
 
+    site = site or Site(round(0.6 * lm.n_layers), "s2")
     task = _ld_task(lm, (0.0, 0.0, 0.0))
     cm = task.causal_model
     engine = Engine(lm, batch_size=batch_size)
@@ -212,7 +210,7 @@ def fit_logit_diff(lm, site, n: int = 256, seed: int = 0, batch_size: int = 64, 
         data = CounterfactualDataset.generate(cm, "output_token", n, seed=seed, source=gen, name=name)
         (split,), kept = build_splits(engine, task, data, [site], [None], seed=seed, filter_correct=filter_correct)
         logits = engine.run(split.prepared, site, Neurons().build(split.sources[site].shape[-1]), split.sources[site])
-        diff = task._diff(logits, split.labels)
+        diff = task.metric.diff(logits, split.labels, task.tokenizer)
         for r, d in zip(split.rows, diff.tolist()):
             b, src = kept.bases[r], cm.run(kept.sources[r])
             X.append(signals(b["name_a"], b["name_b"], b["repeat"], src["output_token"], src["output_position"]))
@@ -227,29 +225,27 @@ def fit_logit_diff(lm, site, n: int = 256, seed: int = 0, batch_size: int = 64, 
             "site": str(site), "n": counts, "mean_diff": means}
 
 
-def ioi_logit_diff(lm, coefficients: tuple[float, float, float] | None = None, site=None, n_fit: int = 256,
-                   seed: int = 0) -> LogitDiffTask:
+def ioi_logit_diff(lm, coefficients) -> PromptTask:
     """MIB's IOI logit-difference task for a causal LM adapter: variables ``output_token`` and
     ``output_position``, sets ``s1_io_flip``, ``s2_io_flip``, ``s1_ioi_flip_s2_ioi_flip``, metric
-    ``"mse"`` (lower is better), token roles as ``ioi``.
+    ``LogitDiffError`` (``"mse"``, lower is better), token roles as ``ioi``.
 
     Args:
-        coefficients: (bias, token_coeff, position_coeff) of the linear model; by default fitted with
-            ``fit_logit_diff`` at ``site`` on ``n_fit`` pairs per set (``task.fit`` holds the fit).
-        site: where the fit interchanges the whole hidden vector; default the repeated subject
-            (``s2``) at 60% of the depth. On SmolLM2-135M (64 pairs per set) that site (layer 18) carries
-            both signals (token 2.1, position 3.5, R² 0.82); the last token carries only the position
-            at layers 20-22 (3.1, R² 0.76) and only the token from layer 24 on (5.0, R² 0.86).
+        coefficients: (bias, token_coeff, position_coeff) of the linear model, or the dict
+            ``fit_logit_diff`` returns (fitted on the network's own logit differences). On SmolLM2-135M
+            (64 pairs per set) the default fitting site, the repeated subject at layer 18, carries both
+            signals (token 2.1, position 3.5, R² 0.82); the last token carries only the position at
+            layers 20-22 (3.1, R² 0.76) and only the token from layer 24 on (5.0, R² 0.86).
     """
-    from ..sites import Site
-
-    fit = None
-    if coefficients is None:
-        site = site or Site(round(0.6 * lm.n_layers), "s2")
-        fit = fit_logit_diff(lm, site, n=n_fit, seed=seed)
-        coefficients = (fit["bias"], fit["token_coeff"], fit["position_coeff"])
+    if isinstance(coefficients, dict):
+        coefficients = (coefficients["bias"], coefficients["token_coeff"], coefficients["position_coeff"])
     if len(coefficients) != 3:
-        raise ValueError(f"coefficients are (bias, token_coeff, position_coeff), got {coefficients!r}")
-    task = _ld_task(lm, coefficients)
-    task.fit = fit
-    return task
+        raise ValueError(f"coefficients are (bias, token_coeff, position_coeff) or fit_logit_diff's dict, "
+                         f"got {coefficients!r}")
+    return _ld_task(lm, coefficients)
+
+
+def fitted_ioi_logit_diff(lm) -> PromptTask:
+    """``ioi_logit_diff`` with coefficients fitted by ``fit_logit_diff`` at its default site (the command
+    line's ``--task ioi_logit_diff``)."""
+    return ioi_logit_diff(lm, fit_logit_diff(lm))

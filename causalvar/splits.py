@@ -17,7 +17,7 @@ from featurizers import Featurizer
 
 from .counterfactuals import CounterfactualDataset, NoEffectWarning
 from .engine import ActivationStore, Engine, Prepared
-from .metrics import mean_score
+from .metrics import Metric, Outcome
 from .models import ModelError, as_adapter
 from .sites import Site
 from .errors import TaskError
@@ -38,7 +38,7 @@ class Split:
     task: the task the rows are encoded for (its metric and loss read ``labels``).
     prepared: the base rows ready for interventions.
     sources: each site's source activation ``[n, d]``. bases: each site's base activation ``[n, d]``.
-    labels: high-level counterfactual outputs (n); ``task.loss`` and ``task.score`` read them.
+    labels: high-level counterfactual outputs (n); the task's metric scores and trains on them.
     base_labels: the high-level outputs of the bases themselves (n), what a logit difference counts against.
     base_values, source_values: the variable's value under base and source (for supervised fits).
     rows: each row's index in the (filtered) dataset ``build_splits`` returns.
@@ -277,13 +277,27 @@ def network_nonfinite(split: Split, site: Site, rows=slice(None)) -> str | None:
     return None
 
 
-def baseline(task, split: Split) -> float:
-    """The no-effect baseline of a cell: its metric when nothing is interchanged, i.e. the network's own
-    outputs on the split's bases (``base_out``, from the capture pass) scored against the counterfactual
-    labels. For IIA: the share of pairs whose counterfactual label is what the network says on the base."""
-    if task.generates:
-        return mean_score(task.correct_tokens(split.base_out[:, :task.n_answer_tokens(split.labels)], split.labels))
-    return mean_score(task.score(split.base_out, split.labels))
+def outcome(split: Split, logits: torch.Tensor | None = None, tokens: torch.Tensor | None = None,
+            rows: slice = slice(None)) -> Outcome:
+    """What a metric reads for the split's ``rows``: the intervened ``logits: [n, C]`` (or decoded
+    ``tokens: [n, L]``), the counterfactual labels, the bases' own outputs as the contrast, and the
+    unintervened base and source logits of the capture pass."""
+    keep = lambda out: out[rows] if out.is_floating_point() else None  # decoded ids are no logits
+    return Outcome(split.task, logits, split.labels[rows], split.base_labels[rows], keep(split.base_out),
+                   keep(split.source_out), tokens)
+
+
+def baseline(split: Split, metric: Metric | None = None) -> float:
+    """The no-effect baseline of a cell: its metric (default: the task's) when nothing is interchanged,
+    i.e. the network's own outputs on the split's bases (``base_out``, from the capture pass) scored
+    against the counterfactual labels. For IIA: the share of pairs whose counterfactual label is what the
+    network says on the base."""
+    metric = metric or split.task.metric
+    if split.task.generates:
+        out = outcome(split, tokens=split.base_out[:, :split.task.n_answer_tokens(split.labels)])
+    else:
+        out = outcome(split, logits=split.base_out)
+    return metric.value(metric.score(out), out)
 
 
 def warn_no_effect(variable: str, datasets: Sequence[CounterfactualDataset], output: str) -> None:
@@ -307,16 +321,26 @@ def fit_activations(featurizer: Featurizer, split: Split, site: Site) -> None:
     featurizer.fit_activations(h, split.base_values + split.source_values)
 
 
-def evaluate(engine: Engine, split: Split, site: Site, featurizer: Featurizer) -> tuple[float, torch.Tensor]:
-    """The task's metric (IIA unless the task names another) of ``featurizer`` at ``site`` on
-    ``split``, and the per-row scores ``[n]``: correctness (bool) by the task's checker — the argmax
-    token, or greedy generation of the whole answer — or the task's real-valued score. NaN or infinite
-    logits are refused (``ModelError``), saying whether the network or the intervention produced them."""
+def evaluate(engine: Engine, split: Split, site: Site, featurizer: Featurizer,
+             metric: Metric | None = None) -> tuple[float, torch.Tensor]:
+    """``metric`` (default: the task's, e.g. IIA) of ``featurizer`` at ``site`` on ``split``, and its
+    per-row scores ``[n]`` (for IIA: correctness by the task's checker — the argmax token, or greedy
+    generation of the whole answer). See ``intervene`` for the run itself."""
+    metric = metric or split.task.metric
+    out = intervene(engine, split, site, featurizer)
+    scores = metric.score(out)
+    return metric.value(scores, out), scores
+
+
+def intervene(engine: Engine, split: Split, site: Site, featurizer: Featurizer) -> Outcome:
+    """The split's bases run with each source interchanged at ``site`` through ``featurizer``, as the
+    ``Outcome`` every metric reads. NaN or infinite logits are refused (``ModelError``), saying whether
+    the network or the intervention produced them."""
     task = split.task
     if task.generates:
         tokens = engine.generate(split.prepared, task.n_answer_tokens(split.labels), site, featurizer,
                                  split.sources[site])
-        scores = task.correct_tokens(tokens, split.labels)
+        return outcome(split, tokens=tokens)
     else:
         logits = engine.run(split.prepared, site, featurizer, split.sources[site])
         bad = (~torch.isfinite(logits)).flatten(1).any(-1)
@@ -327,8 +351,7 @@ def evaluate(engine: Engine, split: Split, site: Site, featurizer: Featurizer) -
             raise ModelError(f"under the interchange at {site} through {featurizer.name} the network outputs NaN "
                              f"or infinite logits on {int(bad.sum())} of {len(logits)} pairs (first: example "
                              f"{split.rows[int(bad.nonzero()[0])]}): {cause}")
-        scores = task.score(logits, split.labels)
-    return mean_score(scores), scores
+        return outcome(split, logits=logits)
 
 
 def task_accuracy(model, task, n: int = 256, seed: int = 0, batch_size: int = 64) -> float:
