@@ -1,19 +1,22 @@
 """causalvar: find where a high-level causal variable lives in a network, by interchange interventions."""
-from . import tasks
+from . import metrics, sweep, tasks
 from .causal_model import CausalModel, CausalModelError
-from .splits import TooFewPairsError, task_accuracy
 from .counterfactuals import CounterfactualDataset, CounterfactualError, DuplicatePairsWarning, NoEffectWarning
 from .engine import Engine
+from .errors import TaskError
 from .localize import localize
-from .metrics import clopper_pearson, epsilon_bound, iia
-from .models import HFModel, ModelError, TorchModel, as_adapter, load_model
+from .metrics import Metric, MetricError, clopper_pearson, epsilon_bound, iia
+from .models import HFModel, ModelError, TLModel, TorchModel, as_adapter, load_model
 from .results import Results
+from .runstore import RunFolderError
 from .sites import Site
-from .task import PromptTask, Task, TaskError, word
+from .splits import TooFewPairsError, task_accuracy
+from .sweep import Cell, InProcessExecutor, run_cell
+from .task import PromptTask, Task, word
 from .train import TrainingError, fit
 
-__all__ = ["CausalModel", "CausalModelError", "TooFewPairsError", "task_accuracy", "CounterfactualDataset",
-           "CounterfactualError", "DuplicatePairsWarning", "NoEffectWarning", "Engine",
-           "localize", "clopper_pearson", "epsilon_bound", "iia", "HFModel", "ModelError", "TorchModel",
-           "as_adapter", "load_model", "Results", "Site", "PromptTask", "Task", "TaskError", "word",
-           "TrainingError", "fit", "tasks"]
+__all__ = ["CausalModel", "CausalModelError", "CounterfactualDataset", "CounterfactualError", "DuplicatePairsWarning",
+           "NoEffectWarning", "Engine", "TaskError", "localize", "Metric", "MetricError", "clopper_pearson",
+           "epsilon_bound", "iia", "HFModel", "ModelError", "TLModel", "TorchModel", "as_adapter", "load_model",
+           "Results", "RunFolderError", "Site", "TooFewPairsError", "task_accuracy", "Cell", "InProcessExecutor",
+           "run_cell", "PromptTask", "Task", "word", "TrainingError", "fit", "metrics", "sweep", "tasks"]

@@ -64,7 +64,7 @@ PRINTS = {
         table(["layer", "position", "dataset", "iia", "baseline", "n"], 12),
     'for name, report in res.meta["data"].items():': lines(3, "answer/", "drew", "dropped", "kept"),
     "print(res.mib_score())": table(["variable", "featurizer", "mean", "best", "best_layer", "n_layers"], 1),
-    'print({k: round(task.fit[k], 2) for k in ("token_coeff", "position_coeff", "r2")})':
+    'print({k: round(fit[k], 2) for k in ("token_coeff", "position_coeff", "r2")})':
         shows("{'token_coeff': 2.13, 'position_coeff': 3.52, 'r2': 0.82}"),
     'print(res.table[["layer", "position", "dataset", "mse", "baseline", "n"]])':
         table(["layer", "position", "dataset", "mse", "baseline", "n"], 12),

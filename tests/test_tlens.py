@@ -122,3 +122,8 @@ def test_kv_reuse_off_is_said(tokenizer):
     assert tlm.fast_paths == {"suffix": True, "reuse_kv": False} and "recomputes" in tlm.why_not["reuse_kv"]
     with pytest.raises(cv.ModelError, match="wraps a TransformerLens HookedTransformer"):
         TLModel(hf, tokenizer)
+    hooked = hooked_from_hf("gpt2", hf)
+    hooked.tokenizer = tokenizer
+    with pytest.warns(cv.models.base.FastPathWarning):
+        wrapped = cv.as_adapter(hooked)  # it has .blocks, but it is no plain torch module
+    assert type(wrapped) is TLModel and wrapped.tokenizer is tokenizer
