@@ -49,8 +49,9 @@ def _patch(h: torch.Tensor, pos: torch.Tensor | None, featurizer: Featurizer, so
 
 
 class ActivationStore:
-    """Where captured activations live: float32 tensors ``[n, d]`` in memory while their total stays
-    within ``max_memory_gb``, and past it in memory-mapped files under ``folder`` (a temporary folder,
+    """Where captured activations (float32 ``[n, d]``) and the bases' prefix states (hidden states and
+    keys/values, ``hold``) live: in memory while their total stays within ``max_memory_gb``, and past it
+    in memory-mapped files under ``folder`` (a temporary folder,
     removed with the store), which the operating system pages in as chunks are read.
 
     Attributes: memory_bytes: held in memory now (freed tensors are given back); disk_bytes: written
@@ -67,18 +68,42 @@ class ActivationStore:
     def empty(self, n: int, d: int) -> torch.Tensor:
         """A zero tensor ``[n, d]`` (float32) in memory or, past the bound, backed by a file."""
         size = n * d * 4
-        if self.max_bytes is None or self.memory_bytes + size <= self.max_bytes:
-            self.memory_bytes += size
+        if self._fits(size):
             out = torch.zeros(n, d)
-            weakref.finalize(out, self._release, size)
+            self._count(out, size)
             return out
+        return self._file(n * d, torch.float32).view(n, d)
+
+    def hold(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` (any shape and dtype) under the same bound: kept as it is while the total fits, else copied
+        into a memory-mapped file. Tensors on an accelerator stay where they are, uncounted."""
+        size = t.numel() * t.element_size()
+        if t.device.type != "cpu":
+            return t
+        if self._fits(size):
+            self._count(t, size)
+            return t
+        out = self._file(t.numel(), t.dtype).view(t.shape)
+        out.copy_(t)
+        return out
+
+    def _fits(self, size: int) -> bool:
+        return self.max_bytes is None or self.memory_bytes + size <= self.max_bytes
+
+    def _count(self, t: torch.Tensor, size: int) -> None:
+        self.memory_bytes += size
+        weakref.finalize(t, self._release, size)
+
+    def _file(self, numel: int, dtype: torch.dtype) -> torch.Tensor:
+        """A flat zero tensor of ``numel`` elements backed by a new file in the store's folder."""
         if self._folder is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="causalvar-acts-")
             self._folder = Path(self._tmp.name)
         self._folder.mkdir(parents=True, exist_ok=True)
-        path = self._folder / f"acts-{self.disk_bytes}-{size}.f32"
+        size = numel * torch.empty(0, dtype=dtype).element_size()
+        path = self._folder / f"acts-{self.disk_bytes}-{size}.bin"
         self.disk_bytes += size
-        return torch.from_file(str(path), shared=True, size=n * d, dtype=torch.float32).view(n, d)
+        return torch.from_file(str(path), shared=True, size=numel, dtype=dtype)
 
     def _release(self, size: int) -> None:
         self.memory_bytes -= size
@@ -197,8 +222,15 @@ class Engine:
             prepared.starts[s] = self.adapter.block_index(s) if self.adapter.supports_suffix else None
         starts = sorted({j for j in prepared.starts.values() if j is not None})
         if starts:
-            prepared.states = [self.adapter.prefix_state(b, starts) for b in prepared.batches]
+            prepared.states = [self._held(self.adapter.prefix_state(b, starts)) for b in prepared.batches]
         return prepared
+
+    def _held(self, state: dict) -> dict:
+        """A prefix state with its hidden states and keys/values under the store's memory bound."""
+        state["hidden"] = {j: self.store.hold(h) for j, h in state["hidden"].items()}
+        if "kv" in state:
+            state["kv"] = {j: tuple(self.store.hold(t) for t in kv) for j, kv in state["kv"].items()}
+        return state
 
     def run_chunk(self, prepared: Prepared, k: int, site: Site, featurizer: Featurizer,
                   source: torch.Tensor) -> torch.Tensor:

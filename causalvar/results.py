@@ -8,13 +8,10 @@ import pandas as pd
 
 from featurizers import Featurizer
 
+from .runstore import cell_key, ensure_folder, featurizer_dir, save_featurizer, write_text
+
 #: the leading columns of a table; "iia" stands for the task's metric (e.g. "mse" for IOI's logit difference)
 COLUMNS = ["variable", "featurizer", "layer", "position", "dataset", "iia", "n", "ci_low", "ci_high"]
-
-
-def cell_key(row: dict) -> tuple:
-    """(variable, featurizer, layer, position, dataset) of a table row, as strings where needed."""
-    return row["variable"], row["featurizer"], str(row["layer"]), str(row["position"]), row.get("dataset", "random")
 
 
 class Results:
@@ -140,7 +137,6 @@ class Results:
         ``featurizers/<variable>/<featurizer>/L<layer>_<position>/`` (safetensors + JSON), each file
         whole or not at all (written beside, then renamed). A folder that cannot be written is
         refused (``RunFolderError``) before anything is written."""
-        from .runstore import ensure_folder, save_featurizer, write_text
 
         d = ensure_folder(directory, "the results")
         write_text(d / "results.json", json.dumps({"meta": self.meta, "rows": self.rows}, indent=1, default=str))
@@ -162,8 +158,3 @@ class Results:
             if (path / "featurizer.json").exists():
                 feats[key] = Featurizer.load(path)
         return cls(blob["rows"], blob["meta"], feats)
-
-
-def featurizer_dir(variable, featurizer, layer, position) -> str:
-    safe = lambda s: "".join(c if c.isalnum() or c in "-_.=" else "_" for c in str(s))
-    return f"featurizers/{safe(variable)}/{safe(featurizer)}/L{safe(layer)}_{safe(position)}"

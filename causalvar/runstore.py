@@ -21,10 +21,19 @@ from pathlib import Path
 
 from featurizers import Featurizer
 
-from .results import cell_key, featurizer_dir
 
 _TMP = ".tmp-"  # in the name of every temporary file or folder, so leftovers of a kill can be removed
 _HELD: set[Path] = set()  # folders held by this process's open stores
+
+
+def cell_key(row: dict) -> tuple:
+    """(variable, featurizer, layer, position, dataset) of a table row, as strings where needed."""
+    return row["variable"], row["featurizer"], str(row["layer"]), str(row["position"]), row.get("dataset", "random")
+
+
+def featurizer_dir(variable, featurizer, layer, position) -> str:
+    safe = lambda s: "".join(c if c.isalnum() or c in "-_.=" else "_" for c in str(s))
+    return f"featurizers/{safe(variable)}/{safe(featurizer)}/L{safe(layer)}_{safe(position)}"
 
 
 class RunFolderError(ValueError):
@@ -42,7 +51,7 @@ class RunStore:
         folder: the run folder (created if missing).
         settings: JSON-able description of the run; the folder must hold the same or none.
 
-    ``done()`` gives the rows already finished, keyed by ``results.cell_key``; ``write_cell`` saves
+    ``done()`` gives the rows already finished, keyed by ``cell_key``; ``write_cell`` saves
     a cell's featurizer and appends its rows.
     """
 

@@ -18,8 +18,7 @@ from featurizers import Featurizer
 
 from .engine import Engine
 from .metrics import Metric
-from .results import featurizer_dir
-from .runstore import RunStore
+from .runstore import RunStore, featurizer_dir
 from .sites import Site
 from .splits import Split, baseline, fit_activations, intervene
 from .train import train

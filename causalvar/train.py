@@ -122,7 +122,7 @@ def fit(featurizer: Featurizer, model, task, variable: str, site: Site,
 
     ``batch_size``: rows per forward when capturing activations and evaluating (no number depends on
     it). ``train_batch_size``: training pairs per AdamW step of DAS/DBM (the results depend on it).
-    ``DAS(dim=8).fit(model, task, "left", cv.Site(1), data)`` is the short form of this call.
+    E.g. ``cv.fit(DAS(dim=8), model, task, "left", cv.Site(1), data)``.
     """
     if data.variable != variable:
         raise ValueError(f"the dataset interchanges '{data.variable}', not '{variable}'")

@@ -16,7 +16,7 @@ source's and adds the base's error back:
 Hyperparameters go in ``__init__`` (scikit-learn style, every one stored under its own name so that
 ``config()`` rebuilds the object). Featurizers learned from activations implement
 ``fit_activations``; those learned from interventions (DAS, DBM) own trainable torch parameters and
-are fitted by ``fit(model, task, variable, site, data)``. Every featurizer saves to safetensors
+are fitted by ``causalvar.fit(featurizer, model, task, variable, site, data)``. Every featurizer saves to safetensors
 plus a JSON config, never pickle.
 """
 from __future__ import annotations
@@ -133,13 +133,6 @@ class Featurizer(nn.Module):
         supervised featurizers). Featurizers that learn nothing from activations only build."""
         self.build(h.shape[-1])
         return self
-
-    def fit(self, model, task, variable: str, site, data, **train_kwargs) -> "Featurizer":
-        """Fit stand-alone at one site: from activations where the featurizer needs them, then by the
-        interchange objective where it has trainable parameters. See ``causalvar.train.fit``."""
-        from causalvar.train import fit  # the training loop lives with the engine, not here
-
-        return fit(self, model, task, variable, site, data, **train_kwargs)
 
     def _check_input(self, h: torch.Tensor) -> None:
         """Refuse ``h: [..., d']`` whose last size is not the hidden size this featurizer was built for

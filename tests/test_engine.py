@@ -261,3 +261,27 @@ def test_sweeps_on_disk_activations_give_identical_tables(tokenizer, equality):
     in_memory = cv.localize(mlp, task, "left", DAS(dim=4), **kw)
     on_disk = cv.localize(mlp, task, "left", DAS(dim=4), max_memory_gb=0, **kw)
     assert in_memory.table.equals(on_disk.table)
+
+
+def test_prefix_states_come_under_the_memory_bound(tokenizer):
+    """The bases' hidden states and keys/values live in the store too: past the bound, in files, with the
+    same numbers."""
+    adapter = cv.HFModel(make_lm("llama", len(tokenizer)), tokenizer)
+    task = prompt_task(adapter)
+    ds = cv.CounterfactualDataset.generate(task.causal_model, "io", 10, seed=1)
+    bases, sources = task.encode(ds.bases), task.encode(ds.sources)
+    site, f = cv.Site(1, "s2"), Neurons(dims=range(8)).build(32)
+    runs = {}
+    for bound in (None, 0):
+        engine = cv.Engine(adapter, batch_size=4, max_memory_gb=bound)
+        _, acts = engine.capture(sources, [site])
+        captured = engine.store.disk_bytes
+        prepared = engine.prepare(bases, [site])
+        hidden, (k, v) = prepared.states[0]["hidden"][2], prepared.states[0]["kv"][2]
+        runs[bound] = engine.run(prepared, site, f, acts[site])
+        if bound == 0:  # hidden [4, T, 32] and this layer's keys/values went to files
+            assert engine.store.disk_bytes - captured >= hidden.numel() * 4 + k.numel() * 4 + v.numel() * 4
+            assert engine.store.memory_bytes == 0
+        else:
+            assert engine.store.disk_bytes == 0 and engine.store.memory_bytes > hidden.numel() * 4
+    torch.testing.assert_close(runs[0], runs[None], atol=0, rtol=0)

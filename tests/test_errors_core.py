@@ -164,7 +164,7 @@ def test_trained_das_loads_in_eval_mode_with_identical_interchanges(equality, tm
     task, mlp = equality
     data = cv.CounterfactualDataset.generate(task.causal_model, "left", 300, seed=0)
     torch.manual_seed(0)
-    das = DAS(dim=4).fit(mlp, task, "left", cv.Site(0), data, epochs=1, progress=False)
+    das = cv.fit(DAS(dim=4), mlp, task, "left", cv.Site(0), data, epochs=1, progress=False)
     torch.manual_seed(0)
     untrained = DAS(dim=4).build(das.d)
     assert not torch.equal(das.R, untrained.R)  # training moved the rotation

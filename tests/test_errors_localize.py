@@ -110,7 +110,7 @@ def test_a_featurizer_loaded_for_another_size_is_refused_not_retrained(equality,
     task, mlp = equality
     data = cv.CounterfactualDataset.generate(task.causal_model, "left", 300, seed=0)
     torch.manual_seed(0)
-    DAS(dim=4).fit(mlp, task, "left", cv.Site(1), data, epochs=1, progress=False).save(tmp_path / "das")
+    cv.fit(DAS(dim=4), mlp, task, "left", cv.Site(1), data, epochs=1, progress=False).save(tmp_path / "das")
     das = Featurizer.load(tmp_path / "das")
     small = cv.tasks.train_mlp(task, hidden=(16,), steps=200, n=2000)
     with pytest.raises(FeaturizerError, match=r"das\(k=4\) was fitted on hidden size 64, but layer 0 has size 16"):
@@ -125,7 +125,7 @@ def test_a_trained_featurizer_is_scored_as_is(equality, tmp_path):
     site = cv.Site(1)
     train = cv.CounterfactualDataset.generate(task.causal_model, "left", 600, seed=1)
     torch.manual_seed(0)
-    das = DAS(dim=8).fit(mlp, task, "left", site, train, epochs=2, progress=False)
+    das = cv.fit(DAS(dim=8), mlp, task, "left", site, train, epochs=2, progress=False)
     before = das.R.detach().clone()
     test = cv.CounterfactualDataset.generate(task.causal_model, "left", 300, seed=2)
     res = cv.localize(mlp, task, "left", das, layers=[1], n_train=0, n_test=200, data=test, progress=False)

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 import causalvar as cv
-from causalvar.results import featurizer_dir
+from causalvar.runstore import featurizer_dir
 from causalvar.runstore import RunFolderError, RunFolderWarning, RunStore
 from featurizers import DAS, Neurons
 

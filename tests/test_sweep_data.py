@@ -138,7 +138,7 @@ def test_fit_takes_the_training_batch_apart_from_the_evaluation_batch(equality):
     rotations = []
     for batch_size in (16, 400):
         torch.manual_seed(0)
-        das = DAS(dim=4).fit(mlp, task, "left", cv.Site(1), data, epochs=1, batch_size=batch_size,
+        das = cv.fit(DAS(dim=4), mlp, task, "left", cv.Site(1), data, epochs=1, batch_size=batch_size,
                              train_batch_size=50, progress=False)
         rotations.append(das.R.detach())
     torch.testing.assert_close(rotations[0], rotations[1], atol=1e-6, rtol=0)

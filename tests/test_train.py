@@ -9,7 +9,7 @@ import torch
 import causalvar as cv
 from causalvar.splits import build_splits, evaluate
 from causalvar.pyvene_bridge import pyvene_logits
-from causalvar.results import featurizer_dir
+from causalvar.runstore import featurizer_dir
 from featurizers import DAS, DBM, PCA, BoundlessDAS, Featurizer, FeaturizerError
 
 from conftest import make_lm, prompt_task
@@ -25,7 +25,7 @@ def test_standalone_fit_improves_iia_and_keeps_rotation_orthonormal(equality):
     untrained = DAS(dim=8).build(split.sources[cv.Site(0)].shape[-1])
     before, _ = evaluate(engine, split, cv.Site(0), untrained)
     torch.manual_seed(0)
-    das = DAS(dim=8).fit(mlp, task, "left", cv.Site(0), train, epochs=8, progress=False)
+    das = cv.fit(DAS(dim=8), mlp, task, "left", cv.Site(0), train, epochs=8, progress=False)
     after, _ = evaluate(engine, split, cv.Site(0), das)
     assert after > before + 0.1
     R = das.R.detach()

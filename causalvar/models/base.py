@@ -142,6 +142,9 @@ class Adapter:
     module: nn.Module
     block_paths: list[str]
     supports_suffix: bool = False
+    #: language models: the tokenizer ``PromptTask`` encodes with, and the side it pads on
+    tokenizer = None
+    padding_side: str = "left"
     #: for each fast path that is off, why (``fast_paths`` lists them all)
     why_not: dict[str, str] = {}
 
@@ -200,7 +203,15 @@ class Adapter:
         """Logits the task reads: ``[n, n_classes]`` (at ``batch.read`` for sequence models)."""
         raise NotImplementedError
 
+    def generate(self, batch: Batch, n_tokens: int, after_prompt=None) -> torch.Tensor:
+        """Greedy decoding (language models): ``n_tokens`` ids ``[n, n_tokens]`` after each row's last real
+        token; ``after_prompt()`` is called once the prompt has run (e.g. to remove an intervention)."""
+        raise ModelError(f"a {type(self).__name__} does not generate text; tasks that judge generated answers "
+                         "need a language model")
+
     def prefix_state(self, batch: Batch, starts: list[int]) -> dict:
+        """One forward of ``batch``; for each block index j in ``starts``, what ``run_suffix`` needs to
+        replay blocks j.. (at least ``{"hidden": {j: [n, seq, d]}}``)."""
         raise NotImplementedError
 
     def run_suffix(self, state: dict, start: int, hidden: torch.Tensor, batch: Batch,
