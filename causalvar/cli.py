@@ -52,7 +52,7 @@ def demo(args) -> int:
           f"and a trained {k}-dim DAS subspace", flush=True)
     bases = cv.localize(lm, task, "output_position", [Neurons(dims=range(k)), PCA(n_components=k), DAS(dim=k)],
                         layers=[12, 15, 18, 21], positions=["s2", "last"], n_train=args.n_train,
-                        n_test=args.n_test // 2, epochs=2, lr=1e-2, seed=0, batch_size=32, train_batch_size=32,
+                        n_test=args.n_test // 2, epochs=2, lr=1e-2, seed=0, batch_size=args.batch_size, train_batch_size=32,
                         out=out / "bases", progress=sys.stderr.isatty())
     bases.heatmap(out / "bases" / "heatmap.png", title=f"IOI output_position on SmolLM2-135M: bases (k={k})")
     print(_shown(bases, ["featurizer", "layer", "position", "dataset"]))

@@ -15,6 +15,7 @@ and the adapter alone knows how a site is read and written (``Adapter.hook``).
 """
 from __future__ import annotations
 
+import hashlib
 import tempfile
 import weakref
 from collections.abc import Sequence
@@ -46,6 +47,17 @@ def _patch(h: torch.Tensor, pos: torch.Tensor | None, featurizer: Featurizer, so
     if pos is None:
         return new
     return h.index_put((torch.arange(len(pos), device=h.device), pos.to(h.device)), new)
+
+
+def fingerprint(batch: Batch) -> str:
+    """A digest of a batch's inputs and token positions: equal batches give equal digests."""
+    digest = hashlib.blake2b(digest_size=16)
+    for group in (batch.inputs, batch.positions, {"read": batch.read} if batch.read is not None else {}):
+        for name in sorted(group):
+            t = group[name].detach().cpu().contiguous()
+            digest.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+            digest.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.view(torch.int16).numpy().tobytes())
+    return digest.hexdigest()
 
 
 class ActivationStore:
@@ -171,6 +183,7 @@ class Engine:
         self.adapter = adapter
         self.batch_size = batch_size
         self.store = ActivationStore(max_memory_gb)
+        self._memo: dict[tuple, object] = {}  # capture and prepare results by what they were asked
 
     def _chunks(self, n: int, size: int | None = None) -> list[slice]:
         size = size or self.batch_size
@@ -182,7 +195,15 @@ class Engine:
                 ) -> tuple[torch.Tensor, dict[Site, torch.Tensor]]:
         """One forward per chunk: the network's logits ``[n, C]`` — or, with ``n_tokens``, that many
         greedily decoded token ids ``[n, n_tokens]``, the sites read during the prompt pass — and every
-        site's activation ``[n, d]`` (written chunk by chunk into tensors from ``self.store``)."""
+        site's activation ``[n, d]`` (written chunk by chunk into tensors from ``self.store``). The same
+        rows at the same sites are captured once per engine (e.g. a counterfactual set that several
+        variables draw alike): a second call returns the first one's tensors."""
+        key = ("capture", fingerprint(batch), tuple(sites), n_tokens)
+        if key not in self._memo:
+            self._memo[key] = self._capture(batch, sites, n_tokens)
+        return self._memo[key]
+
+    def _capture(self, batch: Batch, sites: Sequence[Site], n_tokens: int | None):
         pos = {s: batch.position(s.position) for s in sites}
         reads = {(s.layer, s.component, s.head) for s in sites}  # one hook per activation, shared by its positions
         logits, acts = [], {}
@@ -215,7 +236,14 @@ class Engine:
     def prepare(self, batch: Batch, sites: Sequence[Site], batch_size: int | None = None) -> Prepared:
         """Ready the base rows for interventions at ``sites`` (one forward per chunk where the
         adapter supports suffix execution), in chunks of ``batch_size`` rows (default: the engine's).
-        Training steps one chunk at a time, so a training split's chunks are its optimiser batches."""
+        Training steps one chunk at a time, so a training split's chunks are its optimiser batches. The
+        same rows, sites and chunking are prepared once per engine."""
+        key = ("prepare", fingerprint(batch), tuple(sites), batch_size or self.batch_size)
+        if key not in self._memo:
+            self._memo[key] = self._prepare(batch, sites, batch_size)
+        return self._memo[key]
+
+    def _prepare(self, batch: Batch, sites: Sequence[Site], batch_size: int | None) -> Prepared:
         slices = self._chunks(len(batch), batch_size)
         prepared = Prepared([batch.select(c).to(self.adapter.device) for c in slices], slices)
         for s in sites:

@@ -59,3 +59,22 @@ def test_localize_command_writes_a_results_folder(smollm, tmp_path, monkeypatch)
     assert set(table["featurizer"]) == {"full_vector", "das(k=4)"} and set(table["layer"]) == {27, 28, 29}
     assert set(table["dataset"]) == {"random", "s1_io_flip"}
     assert (out / "heatmap.png").exists() and (out / "mib_scores.csv").read_text().startswith("variable,featurizer")
+
+
+@pytest.mark.slow
+def test_the_kept_conversion_is_the_gguf_model(smollm):
+    """The float32 copy kept after the first load gives the GGUF file's logits and tokens."""
+    from transformers import AutoModelForCausalLM
+
+    from causalvar.models.load import converted_path, embedded_path
+
+    path = embedded_path()
+    assert (converted_path(path) / "config.json").exists()  # kept by the session's first load
+    kept = cv.load_model("smollm2-135m")  # reads the copy
+    gguf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+    task = cv.tasks.ioi(kept)
+    batch = task.encode(task.causal_model.sample(6, seed=1))
+    with torch.no_grad():
+        theirs = gguf(**batch.inputs).logits[torch.arange(6), batch.read]
+    torch.testing.assert_close(kept.forward(batch), theirs, atol=1e-5, rtol=1e-5)
+    assert kept.tokenizer("When Mary and John went")["input_ids"] == smollm.tokenizer("When Mary and John went")["input_ids"]

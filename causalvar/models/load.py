@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -43,15 +46,19 @@ def load_model(name_or_path: str, dtype: torch.dtype = torch.float32, padding_si
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    kwargs = {}
+    kwargs, gguf = {}, None
     if name_or_path in EMBEDDED:
-        path = embedded_path(name_or_path)
-        folder, kwargs["gguf_file"] = str(path.parent), path.name
+        gguf = embedded_path(name_or_path)
     elif str(name_or_path).endswith(".gguf"):
-        path = Path(name_or_path)
-        if not path.exists():
-            raise ModelError(f"GGUF file {path} does not exist")
-        folder, kwargs["gguf_file"] = str(path.parent), path.name
+        gguf = Path(name_or_path)
+        if not gguf.exists():
+            raise ModelError(f"GGUF file {gguf} does not exist")
+    if gguf is not None:
+        cached = converted_path(gguf)
+        if (cached / "config.json").exists():
+            folder = str(cached)
+        else:
+            folder, kwargs["gguf_file"] = str(gguf.parent), gguf.name
     elif Path(name_or_path).expanduser().is_dir():
         folder = str(Path(name_or_path).expanduser())
     else:
@@ -63,7 +70,40 @@ def load_model(name_or_path: str, dtype: torch.dtype = torch.float32, padding_si
     except OSError as e:
         raise ModelError(f"could not load '{name_or_path}': not an embedded name ({sorted(EMBEDDED)}), "
                          f"a local folder or a reachable hub model ({e})") from e
+    if kwargs.get("gguf_file") and dtype == torch.float32:
+        _keep_converted(model, tokenizer, converted_path(gguf))
     return HFModel(model.to(device), tokenizer, padding_side=padding_side)
+
+
+def converted_path(gguf: Path) -> Path:
+    """Where the float32 conversion of a GGUF file is kept (under the environment's ``share/``, keyed by
+    the file's size and time and the transformers release), so that only the first load pays for
+    reading and dequantising the GGUF file (~25 s for SmolLM2-135M); later ones read safetensors."""
+    import transformers
+
+    st = gguf.stat()
+    return (Path(sys.prefix) / "share" / "causalvar" / "converted" /
+            f"{gguf.stem}-{st.st_size}-{int(st.st_mtime)}-transformers{transformers.__version__}")
+
+
+def _keep_converted(model, tokenizer, dest: Path) -> None:
+    """Save the converted model and tokenizer to ``dest`` (written beside it, then renamed); where the
+    environment is not writable, nothing is kept and every load converts again."""
+    tmp = dest.with_name(dest.name + f".tmp-{os.getpid()}")
+    try:
+        from safetensors.torch import save_model
+
+        tmp.mkdir(parents=True, exist_ok=True)
+        config = model.config.to_dict()
+        config.pop("quantization_config", None)  # the weights below are the dequantised float32 ones
+        (tmp / "config.json").write_text(json.dumps(config, indent=1))
+        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})  # tied weights once
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, dest)
+    except OSError:
+        pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _offline() -> bool:
