@@ -167,6 +167,48 @@ class Prepared:
         return out
 
 
+class _Shared:
+    """A prefix-state value common to every row (a flag, a cache position, a broadcast mask)."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+def _join_rows(states: list, sizes: list[int]):
+    """Per-chunk prefix states (dicts, tuples, tensors) as one: tensors with a row axis (first axis of
+    each chunk's size, at least 2-D) joined along it, everything else kept once as ``_Shared``. ``None``
+    when the chunks' states differ in form (then rows cannot be gathered across chunks)."""
+    first = states[0]
+    if isinstance(first, dict):
+        if any(not isinstance(x, dict) or x.keys() != first.keys() for x in states):
+            return None
+        parts = {k: _join_rows([x[k] for x in states], sizes) for k in first}
+        return None if any(v is None for v in parts.values()) else parts
+    if isinstance(first, (tuple, list)):
+        if any(type(x) is not type(first) or len(x) != len(first) for x in states):
+            return None
+        parts = [_join_rows([x[i] for x in states], sizes) for i in range(len(first))]
+        return None if any(v is None for v in parts) else type(first)(parts)
+    if isinstance(first, torch.Tensor):
+        if any(not isinstance(x, torch.Tensor) or x.shape[1:] != first.shape[1:] for x in states):
+            return None
+        if first.dim() >= 2 and all(x.shape[0] == n for x, n in zip(states, sizes)):
+            return torch.cat(states)
+        return _Shared(first) if all(x.shape == first.shape for x in states) else None
+    return _Shared(first) if all(x is first or x == first for x in states) else None
+
+
+def _pick_rows(flat, idx: torch.Tensor):
+    """Rows ``idx`` of a joined prefix state (``_join_rows``), as one chunk's state."""
+    if isinstance(flat, dict):
+        return {k: _pick_rows(v, idx) for k, v in flat.items()}
+    if isinstance(flat, (tuple, list)):
+        return type(flat)(_pick_rows(v, idx) for v in flat)
+    if isinstance(flat, _Shared):
+        return flat.value
+    return flat[idx.to(flat.device)]
+
+
 class Engine:
     """Runs a network with featurized interchange interventions.
 
@@ -204,9 +246,20 @@ class Engine:
         return self._memo[key]
 
     def _capture(self, batch: Batch, sites: Sequence[Site], n_tokens: int | None):
+        def run(rows: Batch, remove):
+            if n_tokens is None:
+                return self.adapter.forward(rows).float().cpu()
+            return self.adapter.generate(rows, n_tokens, after_prompt=remove).cpu()
+        logits, acts, _ = self._reading(batch, sites, run)
+        return logits, acts
+
+    def _reading(self, batch: Batch, sites: Sequence[Site], run) -> tuple[torch.Tensor, dict, list]:
+        """Chunk by chunk, ``run(rows, remove_hooks)`` with every site's activation read by a hook:
+        (its outputs joined ``[n, ...]``, each site's activation ``[n, d]`` in the store, and whatever
+        else ``run`` returned per chunk after its output, as a list)."""
         pos = {s: batch.position(s.position) for s in sites}
         reads = {(s.layer, s.component, s.head) for s in sites}  # one hook per activation, shared by its positions
-        logits, acts = [], {}
+        outputs, extras, acts = [], [], {}
         for chunk in self._chunks(len(batch)):
             seen: dict[tuple, torch.Tensor] = {}
             handles = [self.adapter.hook(Site(key[0], None, key[1], key[2]), lambda h, key=key: seen.__setitem__(key, h))
@@ -217,19 +270,59 @@ class Engine:
                 for h in handles:
                     h.remove()
             try:
-                if n_tokens is None:
-                    logits.append(self.adapter.forward(rows).float().cpu())
-                else:
-                    logits.append(self.adapter.generate(rows, n_tokens, after_prompt=remove).cpu())
+                out = run(rows, remove)
             finally:
                 remove()
+            out, extra = out if isinstance(out, tuple) else (out, None)
+            outputs.append(out)
+            extras.append(extra)
             for s in sites:
                 p = None if pos[s] is None else pos[s][chunk]
                 h = _gather(seen[(s.layer, s.component, s.head)], p)
                 if s not in acts:
                     acts[s] = self.store.empty(len(batch), h.shape[-1])
                 acts[s][chunk] = h.float().cpu()
-        return torch.cat(logits), acts
+        return torch.cat(outputs), acts, extras
+
+    @torch.no_grad()
+    def capture_prepared(self, batch: Batch, sites: Sequence[Site]) -> tuple[torch.Tensor, dict, Prepared]:
+        """``capture`` and ``prepare`` in one forward per chunk: the logits ``[n, C]``, every site's
+        activation ``[n, d]``, and every row made ready for interventions (its prefix state), from which
+        ``take`` builds any subset's chunks without another forward. Where the adapter has no suffix
+        execution, ``prepare`` runs its own pass."""
+        starts = self._starts(sites)
+        if not self.adapter.supports_suffix:
+            logits, acts = self.capture(batch, sites)
+            return logits, acts, self.prepare(batch, sites)
+        last = self.adapter.n_layers
+
+        def run(rows: Batch, remove):
+            state = self.adapter.prefix_state(rows, sorted(set(starts.values()) - {None} | {last}))
+            logits = self.adapter.run_suffix(state, last, state["hidden"][last], rows).float().cpu()
+            if last not in starts.values():
+                del state["hidden"][last]
+            return logits, state
+        logits, acts, states = self._reading(batch, sites, run)
+        slices = self._chunks(len(batch))
+        return logits, acts, Prepared([batch.select(c) for c in slices], slices, states, starts)
+
+    def take(self, whole: Prepared, idx: torch.Tensor, batch_size: int | None = None) -> Prepared:
+        """The rows ``idx`` of ``whole`` (from ``capture_prepared``, whose chunks share one padded length)
+        re-chunked in chunks of ``batch_size`` rows, their prefix states gathered row by row (no forward).
+        Falls back to ``prepare`` when the chunks' states differ in form (e.g. an attention mask that
+        the model built for some chunks and skipped for others)."""
+        batch = Batch.concat(whole.batches)
+        flat = _join_rows(whole.states, [len(b) for b in whole.batches]) if whole.states else None
+        if whole.states and flat is None:
+            return self.prepare(batch.select(idx), list(whole.starts), batch_size)
+        slices = self._chunks(len(idx), batch_size)
+        states = [self._held(_pick_rows(flat, idx[c])) for c in slices] if flat is not None else []
+        return Prepared([batch.select(idx[c]).to(self.adapter.device) for c in slices], slices, states,
+                        dict(whole.starts))
+
+    def _starts(self, sites: Sequence[Site]) -> dict[Site, int | None]:
+        """For each site, the block a suffix run starts at (``None``: a hooked full forward)."""
+        return {s: self.adapter.block_index(s) if self.adapter.supports_suffix else None for s in sites}
 
     # ------------------------------------------------------------------ interventions
     @torch.no_grad()
@@ -245,9 +338,7 @@ class Engine:
 
     def _prepare(self, batch: Batch, sites: Sequence[Site], batch_size: int | None) -> Prepared:
         slices = self._chunks(len(batch), batch_size)
-        prepared = Prepared([batch.select(c).to(self.adapter.device) for c in slices], slices)
-        for s in sites:
-            prepared.starts[s] = self.adapter.block_index(s) if self.adapter.supports_suffix else None
+        prepared = Prepared([batch.select(c).to(self.adapter.device) for c in slices], slices, [], self._starts(sites))
         starts = sorted({j for j in prepared.starts.values() if j is not None})
         if starts:
             prepared.states = [self._held(self.adapter.prefix_state(b, starts)) for b in prepared.batches]

@@ -110,7 +110,10 @@ def build_splits(engine: Engine, task, data: CounterfactualDataset, sites: Seque
     # decoded answer: on the base as long as the longest base or counterfactual answer)
     n_base = max(task.n_answer_tokens(data.base_labels), task.n_answer_tokens(data.labels)) if task.generates else None
     n_src = task.n_answer_tokens(data.source_labels) if task.generates and filter_correct else None
-    base_out, base_acts = engine.capture(bases, sites, n_base)
+    if task.generates:  # decoding: the prompt pass is the capture; the splits prepare their rows apart
+        (base_out, base_acts), whole = engine.capture(bases, sites, n_base), None
+    else:  # one forward per base row: the capture, the filter's logits and every row's prefix state
+        base_out, base_acts, whole = engine.capture_prepared(bases, sites)
     src_out, src_acts = engine.capture(sources, sites, n_src)
     _check_classes(task, base_out if base_out.is_floating_point() else src_out, data)
     if filter_correct:
@@ -146,7 +149,8 @@ def build_splits(engine: Engine, task, data: CounterfactualDataset, sites: Seque
         labels = [data.labels[r] for r in rows]
         splits.append(Split(
             task=task,
-            prepared=engine.prepare(bases.select(idx), sites, batch_size=rows_per_chunk),
+            prepared=(engine.take(whole, idx, rows_per_chunk) if whole is not None
+                      else engine.prepare(bases.select(idx), sites, batch_size=rows_per_chunk)),
             sources={s: engine.store.take(a, idx) for s, a in src_acts.items()},
             bases={s: engine.store.take(a, idx) for s, a in base_acts.items()},
             labels=labels,

@@ -6,6 +6,7 @@ after a given one (suffix execution) from a cached hidden state.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -33,6 +34,9 @@ class Batch:
         ends); empty for networks without a sequence axis.
     read: the position whose logits the task reads, ``[n]`` (``None`` without a sequence axis).
 
+    A language model's inputs may also hold ``EMBED_NOISE``: ``[n, seq, d]`` added to the token embeddings
+    before the first block (Gaussian-noise corruption, ``cv.patch(corruption="gn")``); the adapter adds it.
+
     The task resolves token roles when it encodes; ``position(spec)`` answers the engine's questions.
     """
 
@@ -58,6 +62,13 @@ class Batch:
                             f"{sorted(k for k in self.positions if k != 'first')} or an int")
         return self.positions[spec]
 
+    @staticmethod
+    def concat(parts: Sequence["Batch"]) -> "Batch":
+        """The rows of ``parts`` one after the other (their tensors must share every size but the first)."""
+        cat = lambda name: {k: torch.cat([getattr(p, name)[k] for p in parts]) for k in getattr(parts[0], name)}
+        read = None if parts[0].read is None else torch.cat([p.read for p in parts])
+        return Batch(cat("inputs"), cat("positions"), read)
+
     def select(self, idx) -> "Batch":
         """Rows ``idx`` (a slice or a LongTensor of indices)."""
         return Batch({k: v[idx] for k, v in self.inputs.items()},
@@ -68,6 +79,10 @@ class Batch:
         return Batch({k: v.to(device) for k, v in self.inputs.items()},
                      {k: v.to(device) for k, v in self.positions.items()},
                      None if self.read is None else self.read.to(device))
+
+
+#: the ``Batch.inputs`` key of noise ``[n, seq, d]`` that a language model adds to its token embeddings
+EMBED_NOISE = "embed_noise"
 
 
 def token_index(first: torch.Tensor, last: torch.Tensor, spec: int, what: str) -> torch.Tensor:
@@ -161,6 +176,13 @@ class Adapter:
     def device(self) -> torch.device:
         p = next(self.module.parameters(), None)
         return p.device if p is not None else torch.device("cpu")
+
+    @property
+    def embedding_std(self) -> float:
+        """The standard deviation of the token embedding matrix (what Gaussian-noise corruption is scaled by);
+        language models only."""
+        raise ModelError(f"a {type(self).__name__} has no token embeddings; Gaussian-noise corruption "
+                         "(corruption='gn') needs a language model (cv.HFModel, cv.TLModel)")
 
     def module_path(self, site: Site) -> str:
         """The module path a site names; a clear error for an unknown layer."""

@@ -2,11 +2,24 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import nn
 
 from .base import Adapter, Batch, ModelError
+
+
+@contextmanager
+def _naming_the_input(inputs: dict[str, torch.Tensor]):
+    """A network that rejects the task's encoding raises ``ModelError`` naming the input's shape."""
+    try:
+        yield
+    except RuntimeError as e:
+        shapes = ", ".join(f"{k}: {list(v.shape)}" for k, v in inputs.items())
+        raise ModelError(f"the network rejected the input the task's encode produced ({shapes}, rows x "
+                         f"features): {e}. Check that the task's encode returns the size the network "
+                         "expects (e.g. its first layer's in_features)") from e
 
 
 class TorchModel(Adapter):
@@ -52,23 +65,20 @@ class TorchModel(Adapter):
         """Logits ``[n, n_classes]`` (float32) of the inputs, e.g. ``x: [n, d_in]``; a network that
         rejects the shape the task's encode produced raises ``ModelError`` naming it."""
         inputs = self._inputs(batch)
-        try:
+        with _naming_the_input(inputs):
             out = self.module(*inputs.values()) if len(inputs) == 1 else self.module(**inputs)
-        except RuntimeError as e:
-            shapes = ", ".join(f"{k}: {list(v.shape)}" for k, v in inputs.items())
-            raise ModelError(f"the network rejected the input the task's encode produced ({shapes}, rows x "
-                             f"features): {e}. Check that the task's encode returns the size the network "
-                             "expects (e.g. its first layer's in_features)") from e
         return out.float()
 
     def prefix_state(self, batch: Batch, starts: list[int]) -> dict:
         """Run the sequential network once; keep the hidden state entering each block in ``starts``."""
-        h = next(iter(self._inputs(batch).values()))
+        inputs = self._inputs(batch)
+        h = next(iter(inputs.values()))
         state = {}
-        for j, block in enumerate(self.module):
-            if j in starts:
-                state[j] = h
-            h = block(h)
+        with _naming_the_input(inputs):
+            for j, block in enumerate(self.module):
+                if j in starts:
+                    state[j] = h
+                h = block(h)
         if len(self.module) in starts:
             state[len(self.module)] = h
         return {"hidden": state}
