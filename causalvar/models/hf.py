@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..sites import Site
-from .base import Adapter, Batch, FastPathWarning, ModelError, hook_head, hook_module, unwrap
+from .base import EMBED_NOISE, Adapter, Batch, FastPathWarning, ModelError, hook_head, hook_module, unwrap
 
 # where each family keeps its decoder blocks and final norm, relative to ``model.base_model``
 _BLOCK_ATTRS = ("layers", "h", "blocks")
@@ -144,6 +144,22 @@ class HFModel(Adapter):
         """Query heads per layer (grouped-query models share each key/value head among several)."""
         return self.module.config.num_attention_heads
 
+    @property
+    def embedding_std(self) -> float:
+        return float(self.module.get_input_embeddings().weight.float().std())
+
+    def _inputs(self, batch: Batch) -> dict:
+        """The base model's keyword inputs: ``batch.inputs``, with ``EMBED_NOISE`` (``[n, seq, d]``) added to
+        the token embeddings and passed as ``inputs_embeds`` (families that scale embeddings, e.g. Gemma,
+        scale the noised ones)."""
+        inputs = dict(batch.inputs)
+        noise = inputs.pop(EMBED_NOISE, None)
+        if noise is None:
+            return inputs
+        embed = self.module.get_input_embeddings()
+        inputs["inputs_embeds"] = embed(inputs.pop("input_ids")) + noise.to(embed.weight.dtype)
+        return inputs
+
     def hook(self, site: Site, fn):
         """As ``Adapter.hook``, with the components inside a decoder layer (int layers):
 
@@ -183,7 +199,7 @@ class HFModel(Adapter):
         return logits
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        out = self._base(**batch.inputs, use_cache=False)
+        out = self._base(**self._inputs(batch), use_cache=False)
         return self._logits(out.last_hidden_state, batch.read)
 
     def generate(self, batch: Batch, n_tokens: int, after_prompt=None) -> torch.Tensor:
@@ -192,7 +208,7 @@ class HFModel(Adapter):
         the real tokens only). ``after_prompt()`` is called once the prompt has run (e.g. to remove an
         intervention's hook)."""
         mask, pids = batch.inputs["attention_mask"], batch.inputs["position_ids"]
-        out = self._base(**batch.inputs, use_cache=True)
+        out = self._base(**self._inputs(batch), use_cache=True)
         if after_prompt is not None:
             after_prompt()
         cache = out.cache if hasattr(out, "cache") else out.past_key_values
@@ -235,7 +251,7 @@ class HFModel(Adapter):
                 handles.append(self._blocks[j].register_forward_pre_hook(pre_hook(j), with_kwargs=True))
             if self.n_layers in starts:
                 handles.append(self._blocks[-1].register_forward_hook(last_hook))
-            self._base(**batch.inputs, use_cache=False)
+            self._base(**self._inputs(batch), use_cache=False)
         finally:
             for h in handles:
                 h.remove()

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ..sites import Site
-from .base import Adapter, Batch, FastPathWarning, ModelError, hook_module
+from .base import EMBED_NOISE, Adapter, Batch, FastPathWarning, ModelError, hook_module
 
 #: canonical components -> the hook point inside ``blocks.{L}`` that carries them
 HOOK_NAMES = {"resid_pre": "hook_resid_pre", "resid_post": "hook_resid_post", "attn_out": "hook_attn_out",
@@ -70,6 +70,10 @@ class TLModel(Adapter):
     def n_heads(self) -> int:
         return self.cfg.n_heads
 
+    @property
+    def embedding_std(self) -> float:
+        return float(self.module.W_E.float().std())
+
     def hook(self, site: Site, fn):
         """As ``Adapter.hook``; int layers use the block's hook points (see the class docstring)."""
         if not isinstance(site.layer, int):
@@ -101,8 +105,17 @@ class TLModel(Adapter):
         return torch.tanh(logits / cap) * cap if cap and cap > 0 else logits
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        residual = self.module(batch.inputs["input_ids"], attention_mask=batch.inputs["attention_mask"],
-                               padding_side=self.padding_side, stop_at_layer=self.cfg.n_layers)
+        """Logits ``[n, vocab]`` at ``batch.read``; ``EMBED_NOISE`` in the inputs (``[n, seq, d]``) is added
+        at ``hook_embed`` (the token embeddings, before positional embeddings)."""
+        noise = batch.inputs.get(EMBED_NOISE)
+        handle = None if noise is None else self.module.hook_embed.register_forward_hook(
+            lambda m, a, out: out + noise.to(out.device, out.dtype))
+        try:
+            residual = self.module(batch.inputs["input_ids"], attention_mask=batch.inputs["attention_mask"],
+                                   padding_side=self.padding_side, stop_at_layer=self.cfg.n_layers)
+        finally:
+            if handle is not None:
+                handle.remove()
         return self._logits(residual, batch.read)
 
     def prefix_state(self, batch: Batch, starts: list[int]) -> dict:
@@ -135,6 +148,7 @@ class TLModel(Adapter):
         runs once (``after_prompt()`` is called after it); each later token re-runs the sequence so far,
         its new tokens placed right after each row's real ones."""
         ids, mask, read = batch.inputs["input_ids"], batch.inputs["attention_mask"], batch.read
+        noise = batch.inputs.get(EMBED_NOISE)  # on the prompt's tokens only: zeros for the generated ones
         tokens = [self.forward(batch).argmax(-1)]
         if after_prompt is not None:
             after_prompt()
@@ -150,5 +164,8 @@ class TLModel(Adapter):
                 read = read + 1
                 ids[rows, read], mask[rows, read] = tokens[-1], 1
             step = Batch({"input_ids": ids, "attention_mask": mask}, read=read)
+            if noise is not None:
+                noise = torch.cat([noise, torch.zeros_like(noise[:, :1])], 1)
+                step.inputs[EMBED_NOISE] = noise
             tokens.append(self.forward(step).argmax(-1))
         return torch.stack(tokens, 1)

@@ -1,0 +1,419 @@
+"""Activation patching: whole activations written from one run into another, no training (Zhang & Nanda,
+ICLR 2024; ``REFERENCE.md`` §4). A thin layer over the sweep: each (component, layer, position or head) is a
+``Cell`` of the full-vector interchange (``Neurons()``) whose base is the run being patched and whose source
+is the run patched from, so it gets the source cache, suffix execution and key/value reuse of the engine.
+
+- corruption ``"str"`` (symmetric token replacement): the corrupted prompt is a counterfactual source of a
+  variable (in distribution, same token length, its own answer r'); ``"gn"``: Gaussian noise of standard
+  deviation ν = 3 × std(embedding matrix) on the token embeddings at the task's ``noise_positions``.
+- direction ``"denoise"``: the corrupted run with the clean activation written in (base = corrupted, source =
+  clean); ``"noise"``: the clean run with the corrupted activation written in.
+- metric ``"logit_diff"`` (normalised: 1 = the patched run behaves like the clean one, 0 = like the corrupted
+  one, in both directions), ``"prob"`` (P_pt(r) − P_*(r)), ``"kl"`` (KL(P_cl‖P_*) − KL(P_cl‖P_pt)), ``"iia"``
+  (STR only: the causal model labels the counterfactual).
+"""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from featurizers import Neurons
+
+from .counterfactuals import CounterfactualDataset
+from .engine import Engine
+from .metrics import IIA, KLDiff, Metric, MetricError, NormalizedLogitDiff, ProbDiff
+from .models import as_adapter
+from .models.base import EMBED_NOISE, Batch
+from .results import Results
+from .sites import Site
+from .splits import Split, baseline, check_finite
+from .sweep import Cell, InProcessExecutor, SweepData
+from .task import PromptTask
+from .train import check_count
+
+CORRUPTIONS = ("str", "gn")
+DIRECTIONS = ("denoise", "noise")
+#: ``component=`` -> the site component it patches
+COMPONENTS = {"resid": "resid_post", "attn": "attn_out", "mlp": "mlp_out", "heads": "head"}
+METRICS = ("logit_diff", "prob", "kl", "iia")
+#: ν = NOISE_SCALE × the standard deviation of the embedding matrix (Meng et al.'s choice, kept by Zhang & Nanda)
+NOISE_SCALE = 3.0
+#: below this mean probability of r on the corrupted run, "prob" cannot show negative components
+LOW_PROB = 0.01
+
+
+class PatchingWarning(UserWarning):
+    """A patching setting known to mislead (probability of a near-impossible answer, windows over layers)."""
+
+
+@dataclass
+class _Pairs:
+    """One set of (clean, corrupted) runs before any forward: the encoded clean and corrupted prompts, the
+    clean answers r, the contrast answers r' and, for IIA, the causal model's label of the patched run."""
+
+    name: str
+    clean: Batch
+    corrupt: Batch
+    r: list
+    r2: list
+    cf: list | None
+
+
+def _metric(metric: str, direction: str, corruption: str, variable) -> Metric:
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; choose from {METRICS}")
+    if metric == "iia":
+        if corruption != "str" or variable is None:
+            raise ValueError("metric 'iia' needs the causal model to label the patched run: corruption='str' with "
+                             "a variable (or data); Gaussian noise has no high-level counterfactual")
+        return IIA()
+    clean = "source" if direction == "denoise" else "base"
+    return {"logit_diff": NormalizedLogitDiff, "prob": ProbDiff, "kl": KLDiff}[metric](clean=clean)
+
+
+def _lengths(batch: Batch) -> torch.Tensor:
+    return batch.positions["last"] - batch.positions["first"] + 1
+
+
+def _str_pairs(task, datasets: Sequence[CounterfactualDataset], direction: str) -> list[_Pairs]:
+    """STR pairs: each dataset's bases are the clean prompts, its sources the corrupted ones; a pair whose
+    prompts differ in token length is refused, naming it."""
+    cm = task.causal_model
+    out = []
+    for ds in datasets:
+        clean, corrupt = task.encode(ds.bases), task.encode(ds.sources)
+        differ = (_lengths(clean) != _lengths(corrupt)).nonzero().flatten().tolist()
+        if differ:
+            i = differ[0]
+            raise ValueError(f"pair {i} of set '{ds.name}' has prompts of different token lengths: clean "
+                             f"{task.prompt(ds.bases[i])!r} ({int(_lengths(clean)[i])} tokens) and corrupted "
+                             f"{task.prompt(ds.sources[i])!r} ({int(_lengths(corrupt)[i])} tokens); symmetric token "
+                             f"replacement needs equal lengths ({len(differ)} of {len(ds)} pairs differ); draw "
+                             "counterfactuals that replace tokens one for one")
+        if direction == "denoise":  # the corrupted run takes the variable from the clean one
+            cf = [cm.interchange(s, {ds.variable: b})[cm.output] for b, s in zip(ds.bases, ds.sources)]
+        else:
+            cf = list(ds.labels)
+        out.append(_Pairs(ds.name, clean, corrupt, list(ds.base_labels), list(ds.source_labels), cf))
+    return out
+
+
+def _gn_pairs(adapter, task, settings: list, noise_positions: Sequence[str], contrast, seed: int) -> _Pairs:
+    """GN pairs: the clean prompts and the same prompts with N(0, ν²) noise (ν = 3·std of the embedding
+    matrix) on the token embeddings at ``noise_positions``, drawn from ``seed``."""
+    cm = task.causal_model
+    clean = task.encode(settings)
+    ids = clean.inputs["input_ids"]
+    rows = torch.arange(len(ids))
+    where = torch.zeros(ids.shape, dtype=torch.bool)  # [n, seq]
+    for role in noise_positions:
+        where[rows, clean.position(role)] = True
+    nu = NOISE_SCALE * adapter.embedding_std
+    noise = torch.randn(*ids.shape, adapter.d_model, generator=torch.Generator().manual_seed(seed)) * nu
+    corrupt = Batch({**clean.inputs, EMBED_NOISE: noise * where[..., None]}, clean.positions, clean.read)
+    runs = [cm.run(s) for s in settings]
+    r2 = [contrast(v) if callable(contrast) else v[contrast] for v in runs]
+    return _Pairs("gn", clean, corrupt, [v[cm.output] for v in runs], r2, None)
+
+
+def _split(engine: Engine, task, pairs: _Pairs, sites: Sequence[Site], direction: str, iia: bool,
+           filter_correct: bool, corruption: str, n: int) -> tuple[Split, str]:
+    """The split a cell patches, of the first ``n`` pairs (kept by the filter): base = the run being patched
+    (corrupted when denoising), source = the run patched from; ``labels`` = r (or, for IIA, the causal
+    model's label), ``base_labels`` = r' (what the metrics' ``contrast`` reads); and what the filter did."""
+    clean_out, clean_acts = engine.capture(pairs.clean, sites)
+    corrupt_out, corrupt_acts = engine.capture(pairs.corrupt, sites)
+    check_finite(clean_out, None, "clean")
+    check_finite(corrupt_out, None, "corrupted")
+    drawn = len(clean_out)
+    keep = torch.ones(drawn, dtype=torch.bool)
+    report = f"every pair is used ({drawn} pairs; filter_correct=False)"
+    if filter_correct:
+        keep = task.correct(clean_out, pairs.r)
+        which = "clean prompt"
+        if corruption == "str":
+            keep &= task.correct(corrupt_out, pairs.r2)
+            which = "clean and the corrupted prompt"
+        report = (f"filter_correct: {int(keep.sum())} of {drawn} pairs kept, those the network answers on the "
+                  f"{which}; the first {min(n, int(keep.sum()))} are patched")
+        if not keep.any():
+            raise ValueError(f"no pair of set '{pairs.name}' is left: {report}; patch with filter_correct=False, "
+                             "or check cv.task_accuracy(model, task)")
+    idx = keep.nonzero().flatten()[:n]
+    clean = (pairs.clean, clean_out, clean_acts)
+    corrupt = (pairs.corrupt, corrupt_out, corrupt_acts)
+    (base, base_out, base_acts), (_, src_out, src_acts) = (corrupt, clean) if direction == "denoise" else (clean, corrupt)
+    pick = lambda xs: [xs[i] for i in idx.tolist()]
+    take = lambda acts: {s: engine.store.take(a, idx) for s, a in acts.items()}
+    return Split(task, engine.prepare(base.select(idx), sites), take(src_acts), take(base_acts),
+                 pick(pairs.cf if iia else pairs.r), pick(pairs.r2), [None] * len(idx), [None] * len(idx),
+                 idx.tolist(), base_out[idx], src_out[idx]), report
+
+
+def _check_gap(split: Split, name: str, metric: Metric, direction: str) -> None:
+    """Refuse a corruption that leaves the network's outputs as they were (nothing to restore), and warn
+    when ``"prob"`` reads an answer the corrupted run almost never gives."""
+    clean, corrupt = (split.source_out, split.base_out) if direction == "denoise" else (split.base_out, split.source_out)
+    if torch.allclose(clean, corrupt, rtol=0, atol=1e-6 * max(1.0, float(clean.abs().max()))):
+        raise MetricError(f"the corruption changes nothing: the clean and the corrupted runs of set '{name}' give the "
+                          "same logits, so there is nothing to restore; corrupt other tokens or choose another "
+                          "counterfactual set")
+    if isinstance(metric, ProbDiff):
+        p = corrupt.softmax(-1)[torch.arange(len(split)), split.task.targets(split.labels)].mean()
+        if p < LOW_PROB:
+            warnings.warn(PatchingWarning(
+                f"the corrupted runs of set '{name}' put a mean probability of {float(p):.2g} on the clean answer: "
+                "the probability difference cannot go below 0 there, so components that lower the answer's "
+                "probability cannot show; read the logit difference too (metric='logit_diff')"), stacklevel=3)
+    baseline(split, metric)  # the normalised logit difference refuses a zero mean gap itself
+
+
+def _layers(layers, adapter) -> list[int]:
+    if layers is None:
+        return list(range(adapter.n_layers))
+    layers = [layers] if isinstance(layers, int) else list(layers)
+    if not layers or not all(isinstance(x, int) and not isinstance(x, bool) for x in layers):
+        raise ValueError(f"layers must be block indices (ints), e.g. layers=range({adapter.n_layers}); got {layers!r}")
+    for x in layers:
+        adapter.module_path(Site(x))
+    return layers
+
+
+def _positions(positions, component: str, batches: Sequence[Batch]) -> list:
+    """The positions to patch: task roles or ints as given, or (``None``) every token index when all prompts
+    have one token length; heads take exactly one."""
+    if positions is None:
+        lengths = torch.cat([_lengths(b) for b in batches])
+        if len(set(lengths.tolist())) > 1:
+            i = int((lengths != lengths[0]).nonzero()[0])
+            raise ValueError(f"positions=None patches every token index, which needs prompts of one template (one "
+                             f"token length); prompt {i} has {int(lengths[i])} tokens, prompt 0 has {int(lengths[0])}; "
+                             "name the positions (task roles such as 'last')")
+        positions = list(range(int(lengths[0])))
+    positions = [positions] if isinstance(positions, (str, int)) else list(positions)
+    if component == "heads" and len(positions) != 1:
+        raise ValueError(f"component='heads' patches every head of a layer at one position; got positions="
+                         f"{positions!r}: pass one, e.g. positions='last'")
+    for b in batches:
+        for p in positions:
+            b.position(p)  # unknown roles fail before any forward
+    return positions
+
+
+def patch(model, task, variable: str | None = None, corruption: str = "str", metric: str = "logit_diff",
+          direction: str = "denoise", component: str = "resid", layers: int | Sequence[int] | None = None,
+          positions="last", n: int = 64, seed: int = 0, data: CounterfactualDataset | None = None,
+          filter_correct: bool = False, noise_positions: Sequence[str] | None = None,
+          contrast: str | Callable | None = None, batch_size: int = 64, progress: bool = True,
+          executor=None) -> PatchingResults:
+    """Activation patching of whole activations at every (layer, position) — or (layer, head) — cell.
+
+    Args:
+        model: an HF causal LM adapter (``cv.load_model(...)``, ``cv.HFModel``), a HookedTransformer, a name.
+        task: a ``cv.PromptTask`` judging single-token answers.
+        variable: STR: the causal-model variable whose counterfactual sources are the corrupted prompts
+            (``task.counterfactual_sets(variable, n, seed, changes_output=True)``: one set per named set).
+        corruption: ``"str"`` or ``"gn"`` (Gaussian noise N(0, ν²), ν = 3 × std of the embedding matrix, on
+            the token embeddings at ``noise_positions``, drawn from ``seed``; the clean prompts are ``n``
+            samples of the causal model, or ``data.bases``).
+        metric: ``"logit_diff"`` (normalised logit difference ``(LD_pt − LD_*) / (LD_cl − LD_*)``, means over
+            pairs first, LD = logit(r) − logit(r'); column ``logit_diff_norm``), ``"prob"`` (``prob_diff``),
+            ``"kl"`` (``kl_diff``) or ``"iia"`` (STR). r is the clean answer; r' the corrupted prompt's answer
+            (STR) or ``contrast``'s (GN). A clean–corrupt gap of zero is an error, never a NaN.
+        direction: ``"denoise"`` (the clean activation written into the corrupted run) or ``"noise"``.
+        component: ``"resid"`` (the residual stream after each block), ``"attn"``, ``"mlp"`` (what each
+            sublayer adds to the residual stream), by layer × position; ``"heads"``: every query head of each
+            layer (its output before the output projection; with grouped-query attention, writing one query
+            head changes only its own contribution ``z_h W_O[h]``, not the key/value head it shares) at one
+            position.
+        layers: block indices (default: all). positions: task roles or ints, or ``None``: every token index
+            (prompts of one template, equal lengths).
+        n: pairs per counterfactual set (with ``filter_correct``, 2n are drawn and the first n kept are used).
+        data: a ``CounterfactualDataset`` whose bases are the clean prompts and sources the corrupted ones
+            (STR), or whose bases are the clean prompts (GN).
+        filter_correct: use only pairs the network answers correctly (MIB's filter: the clean and, for STR,
+            the corrupted prompt); by default every pair is used, as in Zhang & Nanda. The meta says which.
+        noise_positions: GN: the task roles whose embeddings are noised (e.g. ``["io", "s1", "s2"]``).
+        contrast: GN: r', a causal-model variable (IOI: ``"subject"``) or ``values -> output value``.
+    Returns: ``PatchingResults``: ``table`` (component, layer, position, head, the metric, n, ci_low, ci_high
+    (a bootstrap over pairs for the normalised logit difference), baseline = the metric with nothing patched,
+    corruption, metric, direction, filter_correct), ``heatmap(path)`` titled with the settings, ``save(dir)``.
+    """
+    if corruption not in CORRUPTIONS:
+        raise ValueError(f"corruption must be one of {CORRUPTIONS}, got {corruption!r}")
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    if component not in COMPONENTS:
+        raise ValueError(f"component must be one of {sorted(COMPONENTS)}, got {component!r}")
+    check_count("n", n, 1, "pairs per counterfactual set")
+    check_count("seed", seed, 0, "the same seed gives the same table")
+    if not isinstance(task, PromptTask) or task.generates:
+        raise ValueError("activation patching scores the logits of single-token answers: pass a cv.PromptTask "
+                         "with checker='token'")
+    if data is not None and variable is not None and data.variable != variable:
+        raise ValueError(f"data interchanges '{data.variable}', not variable '{variable}'")
+    variable = variable or (data.variable if data is not None and corruption == "str" else None)
+    cm = task.causal_model
+    if corruption == "str":
+        if variable is None:
+            raise ValueError("corruption='str' needs variable= (its counterfactual sources are the corrupted "
+                             "prompts) or data=")
+        if variable not in cm.variables:
+            raise ValueError(f"unknown variable '{variable}'; the causal model's variables are {list(cm.variables)}")
+        if noise_positions is not None or contrast is not None:
+            raise ValueError("noise_positions and contrast belong to corruption='gn'; STR's r' is the corrupted "
+                             "prompt's own answer")
+    else:
+        if not noise_positions:
+            raise ValueError("corruption='gn' needs noise_positions: the task roles whose embeddings are noised, "
+                             f"from {sorted(k for k in task.positions if k != 'last')}")
+        if contrast is None or (isinstance(contrast, str) and contrast not in cm.variables):
+            raise ValueError("corruption='gn' needs contrast=: the answer r' the logit difference counts against, "
+                             f"a causal-model variable (one of {list(cm.variables)}; IOI: 'subject') or a function "
+                             f"of every variable's value; got {contrast!r}")
+    measure = _metric(metric, direction, corruption, variable)
+    adapter = as_adapter(model)
+    layers = _layers(layers, adapter)
+    if component == "heads" and getattr(adapter, "n_heads", None) is None:
+        raise ValueError(f"component='heads' needs a transformer adapter with attention heads, got {type(adapter).__name__}")
+    ask = 2 * n if filter_correct else n
+    if corruption == "str":
+        datasets = [data] if data is not None else task.counterfactual_sets(variable, ask, seed=seed,
+                                                                            changes_output=True)
+        pairs = _str_pairs(task, datasets, direction)
+    else:
+        settings = list(data.bases) if data is not None else cm.sample(ask, seed=seed)
+        pairs = [_gn_pairs(adapter, task, settings, noise_positions, contrast, seed)]
+    positions = _positions(positions, component, [b for p in pairs for b in (p.clean, p.corrupt)])
+    kind = COMPONENTS[component]
+    heads = range(adapter.n_heads) if component == "heads" else [None]
+    sites = [Site(layer, pos, kind, h) for layer in layers for pos in positions for h in heads]
+    engine = Engine(adapter, batch_size=batch_size)
+    tests, reports = {}, {}
+    for p in pairs:
+        split, report = _split(engine, task, p, sites, direction, metric == "iia", filter_correct, corruption, n)
+        _check_gap(split, p.name, measure, direction)
+        tests[p.name], reports[p.name] = split, [report, f"pairs patched: {len(split)}"]
+    meta = {"model": type(adapter.module).__name__, "task": task.name, "variable": variable,
+            "corruption": corruption, "metric": measure.name, "metric_choice": metric, "direction": direction,
+            "component": component, "layers": layers, "positions": [str(p) for p in positions], "n": n,
+            "seed": seed, "filter_correct": filter_correct, "lower_is_better": False, "data": reports,
+            **({"noise_positions": list(noise_positions), "noise_std": NOISE_SCALE * adapter.embedding_std,
+                "contrast": getattr(contrast, "__name__", str(contrast))} if corruption == "gn" else {})}
+    first = next(iter(tests.values()))
+    prepared = SweepData(engine, first, None, tests, [measure], n_train=0)
+    results = PatchingResults(meta=meta)
+    cells = [Cell(variable or corruption, Neurons(), s) for s in sites]
+    settings_cols = {"component": component, "corruption": corruption, "metric": metric, "direction": direction,
+                     "filter_correct": filter_correct}
+    for result in (executor or InProcessExecutor()).run(cells, prepared, None, progress,
+                                                        desc=f"patch {corruption} {direction} {component}"):
+        results.rows += [{**row, "head": result.cell.site.head, **settings_cols} for row in result.rows]
+    return results
+
+
+
+class PatchingResults(Results):
+    """``Results`` of ``patch``: one row per (set, component, layer, position or head), the settings in every
+    row and in ``meta``, and figures whose titles say the corruption, the metric and the direction."""
+
+    @property
+    def columns(self) -> list[str]:
+        return (["component", "layer", "position", "head", self.metric, "n", "ci_low", "ci_high"]
+                + (["baseline"] if any("baseline" in row for row in self.rows) else []))
+
+    @property
+    def title(self) -> str:
+        """The settings, for figure titles: e.g. "STR · logit_diff_norm · denoise · resid"."""
+        m = self.meta
+        title = f"{m['corruption'].upper()} · {m['metric']} · {m['direction']} · {m['component']}"
+        return title + (" · filter_correct" if m.get("filter_correct") else " · every pair")
+
+    def grid(self, value: str | None = None):
+        """``value`` (default: the metric) as a DataFrame: layers × positions, or layers × heads for heads
+        (the mean over counterfactual sets)."""
+        t = self.table
+        across = "head" if self.meta["component"] == "heads" else "position"
+        t = t.assign(position=t["position"].astype(str))
+        return t.pivot_table(index="layer", columns=across, values=value or self.metric, aggfunc="mean", sort=False)
+
+    def heatmap(self, path=None, value: str | None = None, title: str | None = None):
+        """The grid (``grid``) as one heatmap, each cell's value written in it, titled with the settings;
+        saved to ``path`` when given. Returns the matplotlib figure."""
+        plt = _pyplot()
+        fig, ax = plt.subplots(figsize=_size(self.grid(value)), constrained_layout=True)
+        _panel(fig, ax, self.grid(value), title or self.title, value or self.metric)
+        return _saved(fig, path)
+
+
+def difference(a: PatchingResults, b: PatchingResults):
+    """``a``'s grid minus ``b``'s (layers × positions or heads): the same metric and the same cells, else an
+    error saying what differs."""
+    if a.metric != b.metric:
+        raise ValueError(f"cannot compare {a.metric} with {b.metric}: patch both with the same metric")
+    ga, gb = a.grid(), b.grid()
+    if list(ga.index) != list(gb.index) or list(ga.columns) != list(gb.columns):
+        raise ValueError(f"the two results patch different cells: layers {list(ga.index)} × {list(ga.columns)} "
+                         f"against {list(gb.index)} × {list(gb.columns)}")
+    return ga - gb
+
+
+def compare(a: PatchingResults, b: PatchingResults, path=None):
+    """Two patching settings side by side with their difference ``a − b`` (e.g. GN against STR, which single
+    out different layers): three heatmaps titled with each one's settings. Saved to ``path`` when given;
+    returns the matplotlib figure."""
+    diff = difference(a, b)
+    plt = _pyplot()
+    w, h = _size(diff)
+    fig, axes = plt.subplots(1, 3, figsize=(3 * w, h), constrained_layout=True)
+    _panel(fig, axes[0], a.grid(), a.title, a.metric)
+    _panel(fig, axes[1], b.grid(), b.title, b.metric)
+    _panel(fig, axes[2], diff, "difference (left − middle)", f"Δ {a.metric}", centred=True)
+    return _saved(fig, path)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _size(grid) -> tuple[float, float]:
+    return 1.6 + 0.55 * grid.shape[1], 1.2 + 0.3 * max(4, grid.shape[0])
+
+
+def _panel(fig, ax, grid, title: str, label: str, centred: bool = False) -> None:
+    """``grid`` (a layers × columns DataFrame) as a heatmap on ``ax`` with its values written in; diverging
+    colours around 0 when ``centred``, else from min(0, ·) to max(1, ·)."""
+    values = grid.to_numpy(dtype=float)
+    if centred:
+        top = max(abs(float(values.min())), abs(float(values.max())), 1e-9)
+        limits = dict(cmap="RdBu_r", vmin=-top, vmax=top)
+    else:
+        limits = dict(cmap="viridis", vmin=min(0.0, float(values.min())), vmax=max(1.0, float(values.max())))
+    im = ax.imshow(values, aspect="auto", origin="lower", **limits)
+    ax.set_xticks(range(grid.shape[1]), [str(c) for c in grid.columns], rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(grid.shape[0]), [str(i) for i in grid.index], fontsize=7)
+    ax.set_xlabel(str(grid.columns.name))
+    ax.set_ylabel("layer")
+    for (r, c), v in zip([(r, c) for r in range(grid.shape[0]) for c in range(grid.shape[1])], values.flatten()):
+        ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=6,
+                color="white" if sum(im.cmap(im.norm(v))[:3]) < 1.5 else "black")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, shrink=0.8, label=label)
+
+
+def _saved(fig, path):
+    if path is not None:
+        from pathlib import Path
+
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=130, bbox_inches="tight")
+        _pyplot().close(fig)
+    return fig

@@ -1,0 +1,163 @@
+"""Activation patching on tiny real networks: the ends of the scale, a hand computation of the normalised
+logit difference and of a head patch through the output projection, the errors and GN's seeding."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import causalvar as cv
+from causalvar.metrics import MetricError
+from causalvar.patching import compare, difference, patch
+from conftest import make_lm, make_tokenizer, name_causal_model, name_prompt, prompt_task
+
+
+@pytest.fixture(scope="module")
+def gpt2():
+    tok = make_tokenizer()
+    adapter = cv.HFModel(make_lm("gpt2", len(tok)), tok)
+    return adapter, prompt_task(adapter)
+
+
+def _value(res, **where) -> float:
+    t = res.table
+    for k, v in where.items():
+        t = t[t[k] == v]
+    assert len(t) == 1
+    return float(t[res.metric].iloc[0])
+
+
+@pytest.mark.parametrize("corruption", ["str", "gn"])
+def test_the_last_layer_residual_at_the_read_position_restores_everything(gpt2, corruption):
+    adapter, task = gpt2
+    gn = dict(noise_positions=["io", "s2"], contrast="s") if corruption == "gn" else {}
+    kw = dict(variable=None if gn else "io", corruption=corruption, layers=[2], positions=["io", "last"], n=12,
+              progress=False, **gn)
+    denoised = patch(adapter, task, direction="denoise", **kw)
+    noised = patch(adapter, task, direction="noise", **kw)
+    assert denoised.metric == "logit_diff_norm"
+    assert _value(denoised, position="last") == pytest.approx(1.0, abs=1e-5)  # the logits are the clean run's
+    assert _value(noised, position="last") == pytest.approx(0.0, abs=1e-5)  # the corrupted run's
+    assert _value(denoised, position="io") == pytest.approx(0.0, abs=1e-5)  # nothing reads it after the last block
+    row = denoised.table.iloc[0]
+    assert (row["corruption"], row["metric"], row["direction"], row["component"]) == (corruption, "logit_diff",
+                                                                                      "denoise", "resid")
+    assert not row["filter_correct"] and "every pair is used" in str(denoised.meta["data"])
+    assert denoised.title.startswith(f"{corruption.upper()} · logit_diff_norm · denoise")
+
+
+def _tokens(tok, prompts):
+    return tok(prompts, return_tensors="pt")["input_ids"]
+
+
+def test_the_normalised_logit_difference_of_a_cell_matches_a_hand_computation(gpt2):
+    """Layer 1's residual at the IO's token, denoised, by plain torch hooks on the HF model."""
+    adapter, task = gpt2
+    res = patch(adapter, task, "io", layers=[1], positions="io", n=10, seed=4, progress=False)
+    ds = task.counterfactual_sets("io", 10, seed=4, changes_output=True)[0]
+    model, tok = adapter.module, adapter.tokenizer
+    clean_ids, corrupt_ids = _tokens(tok, [name_prompt(s) for s in ds.bases]), _tokens(tok, [name_prompt(s) for s in ds.sources])
+    where = lambda ids, settings: torch.tensor([row.tolist().index(tok.convert_tokens_to_ids(s["a"]))
+                                                for row, s in zip(ids, settings)])
+    p_clean, p_corrupt = where(clean_ids, ds.bases), where(corrupt_ids, ds.sources)
+    rows = torch.arange(len(ds))
+    with torch.no_grad():
+        clean = model(clean_ids, output_hidden_states=True)
+        h_clean = clean.hidden_states[2][rows, p_clean]  # block 1's output at the clean IO token
+        corrupt = model(corrupt_ids).logits[:, -1]
+
+        def write(module, args, out):
+            h = out[0] if isinstance(out, tuple) else out
+            h = h.clone()
+            h[rows, p_corrupt] = h_clean
+            return (h,) + tuple(out[1:]) if isinstance(out, tuple) else h
+        handle = model.transformer.h[1].register_forward_hook(write)
+        try:
+            patched = model(corrupt_ids).logits[:, -1]
+        finally:
+            handle.remove()
+    r, r2 = task.targets(ds.base_labels), task.targets(ds.source_labels)
+    ld = lambda logits: (logits[rows, r] - logits[rows, r2]).double().mean()
+    want = float((ld(patched) - ld(corrupt)) / (ld(clean.logits[:, -1]) - ld(corrupt)))
+    assert _value(res, layer=1) == pytest.approx(want, abs=1e-5)
+
+
+def test_a_head_patch_on_grouped_query_llama_matches_the_output_projection_by_hand():
+    """Head h of layer 1 at the last token, denoised: the corrupted run's attention output plus
+    (z_clean[h] − z_corrupt[h]) through head h's columns of o_proj, with 4 query heads sharing 2 key/value heads."""
+    tok = make_tokenizer()
+    model = make_lm("llama", len(tok))
+    assert model.config.num_key_value_heads < model.config.num_attention_heads
+    adapter = cv.HFModel(model, tok)
+    task = prompt_task(adapter)
+    res = patch(adapter, task, "io", component="heads", layers=[1], positions="last", n=8, seed=2, progress=False)
+    assert sorted(res.table["head"]) == [0, 1, 2, 3]
+    ds = task.counterfactual_sets("io", 8, seed=2, changes_output=True)[0]
+    clean_ids, corrupt_ids = _tokens(tok, [name_prompt(s) for s in ds.bases]), _tokens(tok, [name_prompt(s) for s in ds.sources])
+    attn = model.model.layers[1].self_attn
+    d_head = model.config.hidden_size // model.config.num_attention_heads
+    rows = torch.arange(len(ds))
+
+    def z_of(ids):  # o_proj's input at the last token: [n, n_heads * d_head]
+        seen = {}
+        handle = attn.o_proj.register_forward_pre_hook(lambda m, args: seen.__setitem__("z", args[0][:, -1]))
+        try:
+            logits = model(ids).logits[:, -1]
+        finally:
+            handle.remove()
+        return seen["z"], logits
+
+    r, r2 = task.targets(ds.base_labels), task.targets(ds.source_labels)
+    ld = lambda logits: (logits[rows, r] - logits[rows, r2]).double().mean()
+    with torch.no_grad():
+        z_clean, clean = z_of(clean_ids)
+        z_corrupt, corrupt = z_of(corrupt_ids)
+        for h in range(4):
+            cols = slice(h * d_head, (h + 1) * d_head)
+            delta = (z_clean[:, cols] - z_corrupt[:, cols]) @ attn.o_proj.weight[:, cols].T  # [n, d]
+
+            def add(module, args, out, delta=delta):
+                a = out[0].clone()
+                a[:, -1] += delta
+                return (a,) + tuple(out[1:])
+            handle = attn.register_forward_hook(add)
+            try:
+                patched = model(corrupt_ids).logits[:, -1]
+            finally:
+                handle.remove()
+            want = float((ld(patched) - ld(corrupt)) / (ld(clean) - ld(corrupt)))
+            assert _value(res, head=h) == pytest.approx(want, abs=1e-4)
+
+
+def test_a_corruption_that_changes_nothing_is_an_error_not_a_nan(gpt2):
+    adapter, task = gpt2
+    same = cv.CounterfactualDataset.generate(task.causal_model, "io", 6, source=lambda base, rng: dict(base))
+    with pytest.raises(MetricError, match="the corruption changes nothing"):
+        patch(adapter, task, data=same, layers=[1], progress=False)
+
+
+def test_prompts_of_different_token_lengths_are_refused_naming_the_pair(gpt2):
+    adapter, _ = gpt2
+    longer = lambda s: name_prompt(s) + (" then" if s["order"] == "BAB" else "")
+    task = cv.PromptTask(adapter, name_causal_model(), prompt=longer, answer=lambda v: " " + v,
+                         positions={"io": cv.word("a")})
+    flip = lambda base, rng: {**base, "order": "BAB" if base["order"] == "ABB" else "ABB"}
+    data = cv.CounterfactualDataset.generate(task.causal_model, "io", 6, seed=1, source=flip)
+    with pytest.raises(ValueError, match=r"pair 0 of set 'random' has prompts of different token lengths: "
+                                         r"clean 'When .*' \(\d+ tokens\) and corrupted"):
+        patch(adapter, task, data=data, layers=[0], progress=False)
+
+
+def test_gaussian_noise_is_reproducible_under_a_seed_and_differs_across_seeds(gpt2, tmp_path):
+    adapter, task = gpt2
+    kw = dict(corruption="gn", noise_positions=["io"], contrast="s", layers=[0, 1], positions=["io", "last"], n=8,
+              progress=False)
+    a, again, other = patch(adapter, task, seed=0, **kw), patch(adapter, task, seed=0, **kw), patch(adapter, task, seed=1, **kw)
+    assert a.table["logit_diff_norm"].tolist() == again.table["logit_diff_norm"].tolist()
+    assert (difference(a, other).abs().to_numpy() > 1e-4).any()
+    assert a.meta["noise_std"] == pytest.approx(3 * float(adapter.module.get_input_embeddings().weight.std()))
+    a.heatmap(tmp_path / "gn.png")
+    s = patch(adapter, task, "io", layers=[0, 1], positions=["io", "last"], n=8, progress=False)
+    compare(a, s, tmp_path / "gn_vs_str.png")
+    a.save(tmp_path / "run")
+    assert {"gn.png", "gn_vs_str.png"} <= {p.name for p in tmp_path.iterdir()}
+    assert (tmp_path / "run" / "results.csv").read_text().startswith("component,layer,position,head,logit_diff_norm")
