@@ -29,7 +29,7 @@ from .models import as_adapter
 from .models.base import EMBED_NOISE, Batch
 from .results import Results
 from .sites import Site
-from .splits import Split, baseline, check_finite
+from .splits import Split, baseline, check_finite, outcome
 from .sweep import Cell, InProcessExecutor, SweepData
 from .task import PromptTask
 from .train import check_count
@@ -207,7 +207,7 @@ def patch(model, task, variable: str | None = None, corruption: str = "str", met
           direction: str = "denoise", component: str = "resid", layers: int | Sequence[int] | None = None,
           positions="last", n: int = 64, seed: int = 0, data: CounterfactualDataset | None = None,
           filter_correct: bool = False, noise_positions: Sequence[str] | None = None,
-          contrast: str | Callable | None = None, batch_size: int = 64, progress: bool = True,
+          contrast: str | Callable | None = None, window: int = 1, batch_size: int = 64, progress: bool = True,
           executor=None) -> PatchingResults:
     """Activation patching of whole activations at every (layer, position) — or (layer, head) — cell.
 
@@ -238,6 +238,9 @@ def patch(model, task, variable: str | None = None, corruption: str = "str", met
             the corrupted prompt); by default every pair is used, as in Zhang & Nanda. The meta says which.
         noise_positions: GN: the task roles whose embeddings are noised (e.g. ``["io", "s1", "s2"]``).
         contrast: GN: r', a causal-model variable (IOI: ``"subject"``) or ``values -> output value``.
+        window: patch ``window`` consecutive layers at once (from each of ``layers``, cut at the last block);
+            the table's ``layer`` then reads e.g. ``"3-5"``. Off (1) by default: windows exaggerate
+            localization (Zhang & Nanda), so a ``PatchingWarning`` says so.
     Returns: ``PatchingResults``: ``table`` (component, layer, position, head, the metric, n, ci_low, ci_high
     (a bootstrap over pairs for the normalised logit difference), baseline = the metric with nothing patched,
     corruption, metric, direction, filter_correct), ``heatmap(path)`` titled with the settings, ``save(dir)``.
@@ -275,6 +278,9 @@ def patch(model, task, variable: str | None = None, corruption: str = "str", met
                              f"a causal-model variable (one of {list(cm.variables)}; IOI: 'subject') or a function "
                              f"of every variable's value; got {contrast!r}")
     measure = _metric(metric, direction, corruption, variable)
+    check_count("window", window, 1, "consecutive layers patched at once")
+    if window > 1 and component == "heads":
+        raise ValueError("windows over layers patch whole components; component='heads' takes window=1")
     adapter = as_adapter(model)
     layers = _layers(layers, adapter)
     if component == "heads" and getattr(adapter, "n_heads", None) is None:
@@ -290,7 +296,9 @@ def patch(model, task, variable: str | None = None, corruption: str = "str", met
     positions = _positions(positions, component, [b for p in pairs for b in (p.clean, p.corrupt)])
     kind = COMPONENTS[component]
     heads = range(adapter.n_heads) if component == "heads" else [None]
-    sites = [Site(layer, pos, kind, h) for layer in layers for pos in positions for h in heads]
+    spans = {layer: list(range(layer, min(layer + window, adapter.n_layers))) for layer in layers}
+    sites = list(dict.fromkeys(Site(x, pos, kind, h) for layer in layers for x in spans[layer]
+                               for pos in positions for h in heads))
     engine = Engine(adapter, batch_size=batch_size)
     tests, reports = {}, {}
     for p in pairs:
@@ -306,13 +314,51 @@ def patch(model, task, variable: str | None = None, corruption: str = "str", met
     first = next(iter(tests.values()))
     prepared = SweepData(engine, first, None, tests, [measure], n_train=0)
     results = PatchingResults(meta=meta)
-    cells = [Cell(variable or corruption, Neurons(), s) for s in sites]
     settings_cols = {"component": component, "corruption": corruption, "metric": metric, "direction": direction,
-                     "filter_correct": filter_correct}
+                     "window": window, "filter_correct": filter_correct}
+    if window > 1:
+        warnings.warn(PatchingWarning(
+            f"window={window} patches {window} consecutive layers at once: windows exaggerate localization (a "
+            "window scores high when any of its layers matters, and neighbouring windows share layers); read "
+            "window=1 beside it"), stacklevel=2)
+        for layer in layers:
+            for pos in positions:
+                window_sites = [Site(x, pos, kind) for x in spans[layer]]
+                results.rows += [{**row, **settings_cols} for row in _window_rows(prepared, window_sites, measure,
+                                                                                 variable or corruption)]
+        return results
+    cells = [Cell(variable or corruption, Neurons(), s) for s in sites]
     for result in (executor or InProcessExecutor()).run(cells, prepared, None, progress,
                                                         desc=f"patch {corruption} {direction} {component}"):
         results.rows += [{**row, "head": result.cell.site.head, **settings_cols} for row in result.rows]
     return results
+
+
+@torch.no_grad()
+def _window_rows(data: SweepData, sites: Sequence[Site], metric: Metric, variable: str) -> list[dict]:
+    """One row per set for a window: every site in ``sites`` (consecutive layers, one position) written with
+    the source's activation at once, by hooks over one whole forward per chunk (a ``Cell`` holds one site,
+    so windows do not go through the executor)."""
+    adapter, rows = data.engine.adapter, []
+    for name, split in data.tests.items():
+        logits = []
+        for batch, chunk in zip(split.prepared.batches, split.prepared.slices):
+            idx = torch.arange(len(batch), device=adapter.device)
+
+            def writer(site):  # h: [b, seq, d] -> the source's activation [b, d] at the site's position
+                src, pos = split.sources[site][chunk].to(adapter.device), batch.position(site.position).to(adapter.device)
+                return lambda h: h.index_put((idx, pos), src.to(h.dtype))
+            handles = [adapter.hook(s, writer(s)) for s in sites]
+            try:
+                logits.append(adapter.forward(batch).float().cpu())
+            finally:
+                for h in handles:
+                    h.remove()
+        out = outcome(split, logits=torch.cat(logits))
+        rows.append({"variable": variable, "featurizer": "full_vector",
+                     "layer": f"{sites[0].layer}-{sites[-1].layer}", "position": sites[0].position, "head": None,
+                     "dataset": name, **metric.columns(out), "baseline": baseline(split, metric)})
+    return rows
 
 
 

@@ -161,3 +161,50 @@ def test_gaussian_noise_is_reproducible_under_a_seed_and_differs_across_seeds(gp
     a.save(tmp_path / "run")
     assert {"gn.png", "gn_vs_str.png"} <= {p.name for p in tmp_path.iterdir()}
     assert (tmp_path / "run" / "results.csv").read_text().startswith("component,layer,position,head,logit_diff_norm")
+
+
+def test_windows_are_labelled_warned_about_and_agree_with_single_layer_cells(gpt2):
+    adapter, task = gpt2
+    kw = dict(variable="io", component="attn", positions=["io", "last"], n=8, progress=False)
+    with pytest.warns(cv.patching.PatchingWarning, match="windows exaggerate localization"):
+        win = patch(adapter, task, layers=[0, 1, 2], window=2, **kw)
+    assert list(dict.fromkeys(win.table["layer"])) == ["0-1", "1-2", "2-2"] and set(win.table["window"]) == {2}
+    single = patch(adapter, task, layers=[2], **kw)  # the window cut at the last block is one layer
+    for pos in ["io", "last"]:
+        assert _value(win, layer="2-2", position=pos) == pytest.approx(_value(single, position=pos), abs=1e-5)
+    assert "0-1" in [t.get_text() for t in win.heatmap().axes[0].get_yticklabels()]
+
+
+def test_probability_and_iia_of_the_last_layer_residual(gpt2):
+    adapter, task = gpt2
+    kw = dict(variable="io", layers=[2], positions="last", n=10, seed=5, progress=False)
+    prob, iia = patch(adapter, task, metric="prob", **kw), patch(adapter, task, metric="iia", **kw)
+    ds = task.counterfactual_sets("io", 10, seed=5, changes_output=True)[0]
+    engine = cv.Engine(adapter)
+    clean, _ = engine.capture(task.encode(ds.bases), [])
+    corrupt, _ = engine.capture(task.encode(ds.sources), [])
+    r, rows = task.targets(ds.base_labels), torch.arange(len(ds))
+    p = lambda logits: logits.softmax(-1)[rows, r]
+    assert _value(prob) == pytest.approx(float((p(clean) - p(corrupt)).mean()), abs=1e-5)
+    # denoised at the last block the run is the clean one; the causal model's label is the clean answer
+    assert _value(iia) == pytest.approx(float(task.correct(clean, ds.base_labels).float().mean()))
+    with pytest.raises(ValueError, match="metric 'iia' needs the causal model"):
+        patch(adapter, task, corruption="gn", metric="iia", noise_positions=["io"], contrast="s", layers=[2])
+
+
+def test_gaussian_noise_gives_the_same_numbers_through_transformer_lens(gpt2):
+    pytest.importorskip("transformer_lens")
+    import warnings
+
+    from test_tlens import hooked_from_hf
+
+    adapter, task = gpt2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tlm = cv.TLModel(hooked_from_hf("gpt2", adapter.module), adapter.tokenizer)
+    assert tlm.embedding_std == pytest.approx(adapter.embedding_std, rel=1e-5)
+    kw = dict(corruption="gn", noise_positions=["io", "s2"], contrast="s", layers=[0, 1], positions=["io", "last"],
+              n=8, progress=False)
+    hf, tl = patch(adapter, task, **kw), patch(tlm, prompt_task(tlm), **kw)
+    torch.testing.assert_close(torch.tensor(tl.table["logit_diff_norm"].tolist()),
+                               torch.tensor(hf.table["logit_diff_norm"].tolist()), atol=1e-3, rtol=1e-3)
