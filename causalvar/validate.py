@@ -13,9 +13,11 @@ network input to the abstract input state) ``validate`` counts the inputs x wher
 (states compared by the step's ``equal``, outputs by the task's decoding) and bounds each disagreement
 rate by ε, the one-sided Clopper–Pearson upper bound (``cv.metrics.epsilon_bound``).
 
-The network runs through the engine: one capture pass reads every step's site, and each replaceability
-axiom is one batched suffix run from the step's site with γ's output written there. Only the abstract
-model (``alpha_in``, each step's ``h`` and ``equal``) is evaluated example by example.
+The network runs through the engine: one capture pass reads every step's site; the replaceability runs are
+planned as cells for the sweep's executor, one per step, each the full-vector interchange at the step's
+site whose "sources" are γ's writes (two test sets: the prefix and the component chain), so only the
+blocks after the site run, in batches. Only the abstract model (``alpha_in``, each step's ``h`` and
+``equal``) is evaluated example by example.
 """
 from __future__ import annotations
 
@@ -26,14 +28,17 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
 
-from .engine import Engine
-from .metrics import epsilon_bound
+from featurizers import Neurons
+
+from .engine import Engine, Prepared
+from .metrics import Metric, Outcome, epsilon_bound
 from .models import as_adapter
 from .models.base import Adapter
 from .results import Results
 from .sites import Site
+from .splits import Split
+from .sweep import Cell, InProcessExecutor, SweepData
 from .train import check_count
 
 AXIOMS = ("prefix_equivalence", "component_equivalence", "prefix_replaceability", "component_replaceability")
@@ -198,12 +203,20 @@ def _on_featurizer(feat, h: torch.Tensor, fn) -> torch.Tensor:
     return fn(h.to(p.device, p.dtype)).float().cpu()
 
 
-class _Write(nn.Module):
-    """The intervention that writes the given activations: ``interchange(h_base, h_source) -> h_source``,
-    where the "source" rows ``[n, d]`` are γ's output for the same bases."""
+class _Agreement(Metric):
+    """Whether the intervened run's output is the unintervened one's (``Outcome.base``), by the task's decoding."""
 
-    def interchange(self, h_base: torch.Tensor, h_source: torch.Tensor) -> torch.Tensor:
-        return h_source
+    name = "agreement"
+
+    def score(self, out: Outcome) -> torch.Tensor:
+        clean = out.task.predict(out.base)
+        return torch.tensor([a == b for a, b in zip(out.task.predict(out.logits), clean)], dtype=torch.bool)
+
+
+def _written(task, prepared: Prepared, acts: dict, logits: torch.Tensor, writes: dict) -> Split:
+    """The bases with γ's writes ``{site: [n, d]}`` as their sources, the unintervened outputs as labels."""
+    clean, n = task.predict(logits), len(logits)
+    return Split(task, prepared, writes, acts, clean, clean, [None] * n, [None] * n, list(range(n)), logits, logits)
 
 
 class ValidationResults(Results):
@@ -219,7 +232,8 @@ class ValidationResults(Results):
 
 
 def validate(model, task, interpretation: Interpretation, n: int = 2000, seed: int = 0, confidence: float = 0.95,
-             data: Sequence[Mapping] | None = None, batch_size: int = 256) -> ValidationResults:
+             data: Sequence[Mapping] | None = None, batch_size: int = 256, progress: bool = True,
+             executor=None) -> ValidationResults:
     """Count, for every step of ``interpretation``, the inputs where each of Palumbo et al.'s four axioms
     fails (see the module's docstring), with ε, the one-sided Clopper–Pearson upper bound on the failure
     rate at ``confidence`` (zero errors in n give ``1 − (1 − confidence)^(1/n)``).
@@ -229,7 +243,8 @@ def validate(model, task, interpretation: Interpretation, n: int = 2000, seed: i
         task: the task whose causal model draws the inputs and whose decoding judges the outputs.
         interpretation: a ``cv.Interpretation``.
         n: inputs drawn from the task's causal model with ``seed``. data: input settings to use instead.
-        batch_size: rows per forward.
+        batch_size: rows per forward. executor: runs the replaceability cells (one per step: the network
+            after the step's site, γ's writes there; default ``cv.sweep.InProcessExecutor()``).
     Returns: ``ValidationResults``; ``.table`` has step, site, axiom, errors, n, epsilon.
     """
     if not isinstance(interpretation, Interpretation):
@@ -273,15 +288,20 @@ def validate(model, task, interpretation: Interpretation, n: int = 2000, seed: i
         counts.append([_disagreements(step, read, via_prefix, name), _disagreements(step, read, via_component, name)])
         writes.append([_gamma(step, states, acts[step.site], name) for states in (via_prefix, via_component)])
         prefix, observed = via_prefix, read
+    # the replaceability runs: per step a cell of the full-vector interchange whose "sources" are γ's writes
     prepared = engine.prepare(batch, sites)
-    clean = task.predict(logits)
+    tests = {axiom: _written(task, prepared, acts, logits, {step.site: w[i] for step, w in zip(steps, writes)})
+             for i, axiom in enumerate(AXIOMS[2:])}
+    data = SweepData(engine, tests[AXIOMS[2]], None, tests, [_Agreement()], n_train=0)
+    cells = [Cell(f"step {k}", Neurons(), step.site) for k, step in enumerate(steps, 1)]
+    results = (executor or InProcessExecutor()).run(cells, data, None, progress, desc="validate")
     rows = []
-    for k, (step, (pre_eq, comp_eq), written) in enumerate(zip(steps, counts, writes), 1):
-        replaced = [sum(a != b for a, b in zip(task.predict(engine.run(prepared, step.site, _Write(), w)), clean))
-                    for w in written]
-        for axiom, errors in zip(AXIOMS, [pre_eq, comp_eq, *replaced]):
-            rows.append({"step": k, "site": str(step.site), "axiom": axiom, "errors": int(errors),
-                         "n": len(settings), "epsilon": epsilon_bound(int(errors), len(settings), confidence)})
+    for k, (step, equivalence, result) in enumerate(zip(steps, counts, results), 1):
+        errors = dict(zip(AXIOMS[:2], equivalence))
+        errors.update({r["dataset"]: r["n"] - round(r["agreement"] * r["n"]) for r in result.rows})
+        rows += [{"step": k, "site": str(step.site), "axiom": axiom, "errors": int(errors[axiom]),
+                  "n": len(settings), "epsilon": epsilon_bound(int(errors[axiom]), len(settings), confidence)}
+                 for axiom in AXIOMS]
     meta = {"model": type(adapter.module).__name__, "task": getattr(task, "name", "task"), "n": len(settings),
             "seed": seed if data is None else None, "confidence": confidence,
             "steps": [str(s.site) for s in steps], "interpretation": interpretation.info}
@@ -293,7 +313,12 @@ def _name(k: int, step: Step) -> str:
 
 
 def _check_order(adapter: Adapter, steps: Sequence[Step]) -> None:
-    """Every site must exist; steps at blocks must come in the network's order."""
+    """Every site must exist, once; steps at blocks must come in the network's order."""
+    sites = [step.site for step in steps]
+    twice = next((k for k, site in enumerate(sites, 1) if site in sites[:k - 1]), None)
+    if twice is not None:
+        raise InterpretationError(f"{_name(twice, steps[twice - 1])} cuts the network where step "
+                                  f"{sites.index(sites[twice - 1]) + 1} does; every step needs a site of its own")
     at_blocks = []  # (block index, step number, step) of the steps on the residual stream between blocks
     for k, step in enumerate(steps, 1):
         adapter.module_path(step.site)  # an unknown layer or module fails here, before any forward
@@ -392,6 +417,10 @@ def _gamma(step: Step, states: list, h: torch.Tensor, name: str) -> torch.Tensor
                                   f"{list(h.shape)}; it must return the same shape")
     if not out.is_floating_point():
         raise InterpretationError(f"{name}: gamma returned a {out.dtype} tensor; activations are floating point")
+    bad = (~torch.isfinite(out)).flatten(1).any(-1)
+    if bad.any():
+        raise InterpretationError(f"{name}: gamma wrote NaN or infinite values on {int(bad.sum())} of {len(out)} rows "
+                                  f"(first: example {int(bad.nonzero()[0])}, state {states[int(bad.nonzero()[0])]!r:.80})")
     return out.detach().float().cpu()
 
 

@@ -124,6 +124,7 @@ def test_data_replaces_the_drawn_inputs():
                                               r"activations \[100, 2\]"),
     (units(gamma=lambda states, u: states), r"step 1 \(site L0\): gamma returned list"),
     (units(gamma=lambda states, u: torch.tensor(states)), r"step 1 \(site L0\): gamma returned a torch.int64"),
+    (units(gamma=lambda states, u: u / 0), r"step 1 \(site L0\): gamma wrote NaN or infinite values on \d+ of 100"),
     (units(equal=lambda a, b: torch.tensor([1, 1])), r"step 1 \(site L0\): comparing the state read by alpha"),
     (units(delta=1, h=lambda s: s[0]), r"step 1 \(site L0\): comparing .* with delta=1 the states must be sequences"),
 ])
@@ -144,6 +145,8 @@ def test_bad_arguments_are_refused_before_any_forward():
         validate(net, task, Interpretation(bits, [Step("decoder", h=id, alpha=id, gamma=id)]))
     with pytest.raises(InterpretationError, match=r"step 2 \(site L0\) does not come after step 1 \(site L1\)"):
         validate(net, task, Interpretation(bits, [output(), units()]))
+    with pytest.raises(InterpretationError, match=r"step 2 \(site L0\) cuts the network where step 1 does"):
+        validate(net, task, Interpretation(bits, [units(), units()]))
     with pytest.raises(InterpretationError, match="alpha_in failed on the input setting"):
         validate(net, task, Interpretation(lambda x: x["d"], [units()]), n=10)
     with pytest.raises(ValueError, match=r"confidence must be a number in \(0, 1\)"):
@@ -156,6 +159,23 @@ def test_bad_arguments_are_refused_before_any_forward():
         Step(0, h=id, alpha=id, gamma=None)
     with pytest.raises(ValueError, match="delta must be an int >= 0"):
         units(delta=-1)
+
+
+def test_a_language_model_is_cut_at_a_token_position(tokenizer):
+    from conftest import make_lm, prompt_task
+
+    lm = cv.HFModel(make_lm("gpt2", len(tokenizer)), tokenizer)
+    task = prompt_task(lm)
+    unchanged = Step(cv.Site(1, "s2"), h=lambda x: x["b"], alpha=lambda h: [None] * len(h), gamma=lambda s, h: h,
+                     equal=lambda a, b: True)  # reads nothing, writes back what it found
+    rep = validate(lm, task, Interpretation(lambda x: x, [unchanged]), n=40, progress=False)
+    assert (rep.table["errors"] == 0).all()
+    cleared = Step(cv.Site(1, "last"), h=lambda x: x["b"], alpha=lambda h: [None] * len(h),
+                   gamma=lambda s, h: torch.zeros_like(h), equal=lambda a, b: True)
+    assert errors(validate(lm, task, Interpretation(lambda x: x, [cleared]), n=40,
+                           progress=False))[(1, "prefix_replaceability")] > 0
+    with pytest.raises(InterpretationError, match=r"step 1 \(site L1\): the network has a sequence axis"):
+        validate(lm, task, Interpretation(lambda x: x, [Step(1, h=id, alpha=id, gamma=id)]))
 
 
 @pytest.fixture(scope="module")
