@@ -90,7 +90,7 @@ def test_a_head_patch_on_grouped_query_llama_matches_the_output_projection_by_ha
     adapter = cv.HFModel(model, tok)
     task = prompt_task(adapter)
     res = patch(adapter, task, "io", component="heads", layers=[1], positions="last", n=8, seed=2, progress=False)
-    assert sorted(res.table["head"]) == [0, 1, 2, 3]
+    assert sorted(res.table["head"]) == [0, 1, 2, 3] and res.heatmap().axes[0].get_xlabel() == "head"
     ds = task.counterfactual_sets("io", 8, seed=2, changes_output=True)[0]
     clean_ids, corrupt_ids = _tokens(tok, [name_prompt(s) for s in ds.bases]), _tokens(tok, [name_prompt(s) for s in ds.sources])
     attn = model.model.layers[1].self_attn
@@ -208,3 +208,26 @@ def test_gaussian_noise_gives_the_same_numbers_through_transformer_lens(gpt2):
     hf, tl = patch(adapter, task, **kw), patch(tlm, prompt_task(tlm), **kw)
     torch.testing.assert_close(torch.tensor(tl.table["logit_diff_norm"].tolist()),
                                torch.tensor(hf.table["logit_diff_norm"].tolist()), atol=1e-3, rtol=1e-3)
+
+
+def test_probability_of_an_answer_the_corrupted_run_never_gives_is_warned_about(tokenizer):
+    model = make_lm("gpt2", len(tokenizer))
+    with torch.no_grad():
+        model.transformer.ln_f.weight.mul_(300)  # sharp logits: the corrupted run's argmax takes all the mass
+    adapter = cv.HFModel(model, tokenizer)
+    with pytest.warns(cv.patching.PatchingWarning, match="cannot go below 0"):
+        patch(adapter, prompt_task(adapter), "io", metric="prob", layers=[2], n=10, progress=False)
+
+
+def test_every_token_index_for_prompts_of_one_template(gpt2):
+    adapter, task = gpt2
+    res = patch(adapter, task, "io", layers=[2], positions=None, n=6, progress=False)
+    n_tokens = len(name_prompt(task.causal_model.sample(1)[0]).split())
+    assert res.table["position"].tolist() == list(range(n_tokens))
+    assert _value(res, position=n_tokens - 1) == pytest.approx(1.0, abs=1e-5)  # the read position
+    with pytest.raises(ValueError, match="no pair of set 'random' is left: filter_correct"):
+        patch(adapter, task, "io", layers=[2], n=6, filter_correct=True, progress=False)  # a random net is never right
+    with pytest.raises(ValueError, match="component='heads' patches every head of a layer at one position"):
+        patch(adapter, task, "io", component="heads", positions=["io", "last"], progress=False)
+    with pytest.raises(ValueError, match="corruption='gn' needs noise_positions"):
+        patch(adapter, task, corruption="gn", contrast="s", progress=False)
