@@ -21,10 +21,12 @@ blocks after the site run, in batches. Only the abstract model (``alpha_in``, ea
 """
 from __future__ import annotations
 
+import json
 import numbers
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -146,6 +148,10 @@ class Interpretation:
         features = _features(feat, acts[site])  # [n_fit, k]
         y = np.array([classes.index(v) for v in values])
         cut = int(0.8 * n_fit)
+        missing = [v for i, v in enumerate(classes) if not (y[:cut] == i).any()]
+        if missing:
+            raise InterpretationError(f"value {missing[0]!r} of '{variable}' is missing from the {cut} inputs the "
+                                      "classifier is fitted on; raise n_fit")
         from sklearn.linear_model import LogisticRegression
 
         clf = LogisticRegression(max_iter=2000).fit(features[:cut].numpy(), y[:cut])
@@ -227,6 +233,12 @@ class ValidationResults(Results):
     def columns(self) -> list[str]:
         return ["step", "site", "axiom", "errors", "n", "epsilon"]
 
+    @classmethod
+    def load(cls, directory: str | Path) -> "ValidationResults":
+        """Read what ``save`` wrote (``results.json``: rows and meta)."""
+        blob = json.loads((Path(directory) / "results.json").read_text())
+        return cls(blob["rows"], blob["meta"])
+
     def __repr__(self) -> str:
         return f"ValidationResults({len(self.rows)} rows)\n" + self.table[self.columns].to_string(index=False)
 
@@ -292,9 +304,9 @@ def validate(model, task, interpretation: Interpretation, n: int = 2000, seed: i
     prepared = engine.prepare(batch, sites)
     tests = {axiom: _written(task, prepared, acts, logits, {step.site: w[i] for step, w in zip(steps, writes)})
              for i, axiom in enumerate(AXIOMS[2:])}
-    data = SweepData(engine, tests[AXIOMS[2]], None, tests, [_Agreement()], n_train=0)
+    sweep = SweepData(engine, tests[AXIOMS[2]], None, tests, [_Agreement()], n_train=0)
     cells = [Cell(f"step {k}", Neurons(), step.site) for k, step in enumerate(steps, 1)]
-    results = (executor or InProcessExecutor()).run(cells, data, None, progress, desc="validate")
+    results = (executor or InProcessExecutor()).run(cells, sweep, None, progress, desc="validate")
     rows = []
     for k, (step, equivalence, result) in enumerate(zip(steps, counts, results), 1):
         errors = dict(zip(AXIOMS[:2], equivalence))
@@ -354,8 +366,6 @@ def _call(fn: Callable, name: str, what: str, h: torch.Tensor):
     """``fn(h)`` for a map of activations ``h: [n, d]``, a failure named by the step."""
     try:
         return fn(h)
-    except InterpretationError:
-        raise
     except Exception as e:
         raise InterpretationError(f"{name}: {what} failed on activations {list(h.shape)}: {e!r}") from e
 
@@ -366,8 +376,6 @@ def _apply(fn: Callable, states: Sequence, name: str, what: str) -> list:
     for i, s in enumerate(states):
         try:
             out.append(_plain(fn(s)))
-        except InterpretationError:
-            raise
         except Exception as e:
             raise InterpretationError(f"{name} failed on the {what} {s!r:.120} of example {i}: {e!r}") from e
     return out
@@ -404,8 +412,6 @@ def _gamma(step: Step, states: list, h: torch.Tensor, name: str) -> torch.Tensor
     """γ's output for ``states`` written into ``h: [n, d]``, checked: a tensor ``[n, d]``."""
     try:
         out = step.gamma(states, h.clone())
-    except InterpretationError:
-        raise
     except Exception as e:
         raise InterpretationError(f"{name}: gamma failed on {len(states)} states (the first {states[0]!r:.80}) "
                                   f"and activations {list(h.shape)}: {e!r}") from e

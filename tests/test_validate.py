@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import causalvar as cv
-from causalvar.validate import AXIOMS, Interpretation, InterpretationError, Step, validate
+from causalvar.validate import AXIOMS, Interpretation, InterpretationError, Step, ValidationResults, validate
 from featurizers import DAS
 
 
@@ -68,7 +68,14 @@ def test_an_exact_interpretation_has_zero_errors_on_every_axiom():
                                                                     for a in AXIOMS]
     assert (t["errors"] == 0).all() and (t["n"] == 2000).all()
     assert t["epsilon"].tolist() == pytest.approx([1 - 0.1 ** (1 / 2000)] * 8, rel=1e-9)
-    assert rep.meta["steps"] == ["L0", "L1"] and rep.meta["n"] == 2000
+    assert rep.meta["steps"] == ["L0", "L1"] and rep.meta["n"] == 2000 and rep.meta["seed"] == 0
+
+
+def test_a_validation_saves_and_loads(tmp_path):
+    rep = validate(and_or_net(), and_or_task(), Interpretation(bits, [units()], info={"note": "exact"}), n=200,
+                   progress=False)
+    back = ValidationResults.load(rep.save(tmp_path / "v"))
+    assert back.table.equals(rep.table) and back.meta["interpretation"] == {"note": "exact"}
 
 
 def test_a_wrong_abstract_component_is_rejected_at_its_step():
@@ -111,7 +118,7 @@ def test_data_replaces_the_drawn_inputs():
     rep = validate(and_or_net(), and_or_task(), Interpretation(bits, [units(h=lambda s: (s[0] | s[1], s[2]))]),
                    data=data)
     e = errors(rep)
-    assert rep.meta["n"] == 3 and e[(1, "prefix_equivalence")] == 2  # a ∨ b ≠ a ∧ b on the last two
+    assert rep.meta["n"] == 3 and rep.meta["seed"] is None and e[(1, "prefix_equivalence")] == 2  # a ∨ b ≠ a ∧ b on the last two
 
 
 @pytest.mark.parametrize("step, message", [
