@@ -33,6 +33,7 @@ import torch
 
 from featurizers import Neurons
 
+from .causal_model import _sorted
 from .engine import Engine, Prepared
 from .metrics import Metric, Outcome, epsilon_bound
 from .models import as_adapter
@@ -140,7 +141,7 @@ class Interpretation:
         rng = random.Random(f"causalvar.from_localization:{seed}")
         settings = [cm.draw(rng) for _ in range(n_fit)]
         values = [cm.run(s)[variable] for s in settings]
-        classes = _sorted(set(values))
+        classes = _sorted(frozenset(values))
         if len(classes) < 2:
             raise InterpretationError(f"variable '{variable}' takes the one value {classes[0]!r} on {n_fit} drawn "
                                       "inputs; a classifier reading it needs two values or more")
@@ -429,10 +430,3 @@ def _gamma(step: Step, states: list, h: torch.Tensor, name: str) -> torch.Tensor
                                   f"(first: example {int(bad.nonzero()[0])}, state {states[int(bad.nonzero()[0])]!r:.80})")
     return out.detach().float().cpu()
 
-
-def _sorted(values: set) -> list:
-    """``values`` in their natural order where they have one, else by their repr."""
-    try:
-        return sorted(values)
-    except TypeError:
-        return sorted(values, key=repr)
