@@ -124,6 +124,12 @@ def _split(engine: Engine, task, pairs: _Pairs, sites: Sequence[Site], direction
     """The split a cell patches, of the first ``n`` pairs (kept by the filter): base = the run being patched
     (corrupted when denoising), source = the run patched from; ``labels`` = r (or, for IIA, the causal
     model's label), ``base_labels`` = r' (what the metrics' ``contrast`` reads); and what the filter did."""
+    task.targets(pairs.r), task.targets(pairs.r2)  # every answer is a token before any forward
+    if all(a == b for a, b in zip(pairs.r, pairs.r2)):
+        raise ValueError(f"in every pair of set '{pairs.name}' the contrast answer r' is the clean answer r, so the "
+                         "logit difference logit(r) - logit(r') is 0 in every run; patch a set whose corrupted "
+                         "prompts change the answer (data=task.counterfactual_sets(variable, n)[k]) or, for GN, "
+                         "another contrast")
     clean_out, clean_acts = engine.capture(pairs.clean, sites)
     corrupt_out, corrupt_acts = engine.capture(pairs.corrupt, sites)
     check_finite(clean_out, None, "clean")

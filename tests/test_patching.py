@@ -133,6 +133,10 @@ def test_a_corruption_that_changes_nothing_is_an_error_not_a_nan(gpt2):
     same = cv.CounterfactualDataset.generate(task.causal_model, "io", 6, source=lambda base, rng: dict(base))
     with pytest.raises(MetricError, match="the corruption changes nothing"):
         patch(adapter, task, data=same, layers=[1], progress=False)
+    flip = lambda base, rng: {**base, "order": "BAB" if base["order"] == "ABB" else "ABB"}  # the same answer
+    same_answer = cv.CounterfactualDataset.generate(task.causal_model, "io", 6, source=flip)
+    with pytest.raises(ValueError, match="the contrast answer r' is the clean answer r"):
+        patch(adapter, task, data=same_answer, layers=[1], progress=False)
 
 
 def test_prompts_of_different_token_lengths_are_refused_naming_the_pair(gpt2):
