@@ -125,6 +125,10 @@ def _split(engine: Engine, task, pairs: _Pairs, sites: Sequence[Site], direction
     (corrupted when denoising), source = the run patched from; ``labels`` = r (or, for IIA, the causal
     model's label), ``base_labels`` = r' (what the metrics' ``contrast`` reads); and what the filter did."""
     task.targets(pairs.r), task.targets(pairs.r2)  # every answer is a token before any forward
+    if pairs.clean.inputs.keys() == pairs.corrupt.inputs.keys() and all(
+            torch.equal(v, pairs.corrupt.inputs[k]) for k, v in pairs.clean.inputs.items()):
+        raise MetricError(f"the corruption changes nothing: the corrupted prompts of set '{pairs.name}' are the clean "
+                          "ones, so there is nothing to restore; corrupt other tokens or choose another set")
     if all(a == b for a, b in zip(pairs.r, pairs.r2)):
         raise ValueError(f"in every pair of set '{pairs.name}' the contrast answer r' is the clean answer r, so the "
                          "logit difference logit(r) - logit(r') is 0 in every run; patch a set whose corrupted "
