@@ -188,8 +188,8 @@ def _layers(layers, adapter) -> list[int]:
     if not layers or not all(isinstance(x, int) and not isinstance(x, bool) for x in layers):
         raise ValueError(f"layers must be block indices (ints), e.g. layers=range({adapter.n_layers}); got {layers!r}")
     for x in layers:
-        adapter.module_path(Site(x))
-    return layers
+        adapter.module_path(Site(x))  # out of range: an error naming the model's blocks
+    return [x % adapter.n_layers for x in layers]
 
 
 def _positions(positions, component: str, batches: Sequence[Batch]) -> list:
@@ -253,7 +253,7 @@ def patch(model, task, variable: str | None = None, corruption: str = "str", met
             localization (Zhang & Nanda), so a ``PatchingWarning`` says so.
     Returns: ``PatchingResults``: ``table`` (component, layer, position, head, the metric, n, ci_low, ci_high
     (a bootstrap over pairs for the normalised logit difference), baseline = the metric with nothing patched,
-    corruption, metric, direction, filter_correct), ``heatmap(path)`` titled with the settings, ``save(dir)``.
+    corruption, metric, direction, window, filter_correct), ``heatmap(path)`` titled with the settings, ``save(dir)``.
     """
     if corruption not in CORRUPTIONS:
         raise ValueError(f"corruption must be one of {CORRUPTIONS}, got {corruption!r}")
@@ -369,7 +369,6 @@ def _window_rows(data: SweepData, sites: Sequence[Site], metric: Metric, variabl
                      "layer": f"{sites[0].layer}-{sites[-1].layer}", "position": sites[0].position, "head": None,
                      "dataset": name, **metric.columns(out), "baseline": baseline(split, metric)})
     return rows
-
 
 
 class PatchingResults(Results):
