@@ -119,10 +119,11 @@ class Interpretation:
         """A one-step interpretation from a localized cell: the network up to the cell's site computes
         ``variable`` from the input, as the task's causal model does.
 
-        α reads the variable's value from the cell's featurizer features ``F(h): [n, k]`` with a
-        logistic regression fitted on ``n_fit`` inputs drawn from the causal model (80% to fit, its
-        accuracy on the other 20% in ``info["alpha_accuracy"]``); γ writes a value as the mean features of
-        that value's fitting rows, decoded with the base's error term; ``h`` is the causal model's run.
+        α reads the variable's value from the features the cell's featurizer interchanges (``F(h): [n, k]``,
+        its ``mask()`` where it has one) with a logistic regression fitted on ``n_fit`` inputs drawn from
+        the causal model (80% to fit, its accuracy on the other 20% in ``info["alpha_accuracy"]``); γ
+        writes a value as the mean of those features over that value's fitting rows, decoded with the
+        base's other features and error term; ``h`` is the causal model's run.
         The inputs are drawn from a stream of their own, apart from ``validate``'s under any seed.
 
         Args:
@@ -193,15 +194,28 @@ def _cell_featurizer(results: Results, variable: str, layer, position, featurize
 
 
 def _features(feat, h: torch.Tensor) -> torch.Tensor:
-    """The featurizer's features ``[n, k]`` (float32, CPU) of ``h: [n, d]``."""
+    """The features ``[n, k]`` (float32, CPU) an interchange through ``feat`` hands over (its ``mask()``;
+    all where it has none) of ``h: [n, d]``."""
     with torch.no_grad():
-        return _on_featurizer(feat, h, lambda x: feat.encode(x)[0])
+        return _on_featurizer(feat, h, lambda x: _masked(feat, feat.encode(x)[0]))
 
 
 def _write_features(feat, h: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    """``h: [n, d]`` with its features replaced by ``f: [n, k]``, its error term kept: ``[n, d]``."""
+    """``h: [n, d]`` with the features an interchange hands over replaced by ``f: [n, k]``, the others and
+    the error term kept: ``[n, d]``."""
+    def write(x):
+        features, err = feat.encode(x)
+        m = feat.mask()
+        new = f.to(features) if m is None else features.masked_scatter(m.to(features.device).expand_as(features),
+                                                                       f.to(features))
+        return feat.decode(new, err)
     with torch.no_grad():
-        return _on_featurizer(feat, h, lambda x: feat.decode(f.to(x), feat.encode(x)[1]))
+        return _on_featurizer(feat, h, write)
+
+
+def _masked(feat, features: torch.Tensor) -> torch.Tensor:
+    m = feat.mask()
+    return features if m is None else features[..., m.to(features.device)]
 
 
 def _on_featurizer(feat, h: torch.Tensor, fn) -> torch.Tensor:

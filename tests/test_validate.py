@@ -185,6 +185,24 @@ def test_a_language_model_is_cut_at_a_token_position(tokenizer):
         validate(lm, task, Interpretation(lambda x: x, [Step(1, h=id, alpha=id, gamma=id)]))
 
 
+@pytest.mark.filterwarnings("ignore::causalvar.DuplicatePairsWarning")  # 3 bits: 64 pairs in all
+def test_from_localization_reads_and_writes_only_the_features_the_cell_interchanges():
+    from featurizers import Neurons
+
+    net, task = and_or_net(), and_or_task()
+    res = cv.localize(net, task, "both", [Neurons(dims=[0]), Neurons(dims=[1])], layers=0, n_train=0, n_test=64,
+                      progress=False)
+    unit = {}
+    for name in ("neurons[0]", "neurons[1]"):
+        interp = Interpretation.from_localization(res, "both", 0, model=net, task=task, featurizer=name, n_fit=400)
+        unit[name] = (interp.info["alpha_accuracy"], errors(validate(net, task, interp, n=400, progress=False)))
+    accuracy, e = unit["neurons[0]"]  # hidden unit 0 is a ∧ b
+    assert accuracy == 1.0 and all(v == 0 for v in e.values())
+    accuracy, e = unit["neurons[1]"]  # unit 1 is c: reading a ∧ b from it is right when c = a ∧ b only
+    assert 0.6 < accuracy < 0.9 and 0.1 < e[(1, "prefix_equivalence")] / 400 < 0.4
+    assert e[(1, "prefix_replaceability")] > 0  # writing a ∧ b's mean into c changes the output
+
+
 @pytest.fixture(scope="module")
 def das_cells(equality):
     task, net = equality
