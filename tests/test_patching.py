@@ -165,6 +165,8 @@ def test_gaussian_noise_is_reproducible_under_a_seed_and_differs_across_seeds(gp
     a.save(tmp_path / "run")
     assert {"gn.png", "gn_vs_str.png"} <= {p.name for p in tmp_path.iterdir()}
     assert (tmp_path / "run" / "results.csv").read_text().startswith("component,layer,position,head,logit_diff_norm")
+    back = cv.patching.PatchingResults.load(tmp_path / "run")
+    assert back.title == a.title and back.table["logit_diff_norm"].tolist() == a.table["logit_diff_norm"].tolist()
 
 
 def test_windows_are_labelled_warned_about_and_agree_with_single_layer_cells(gpt2):
