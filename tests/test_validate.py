@@ -56,7 +56,12 @@ def errors(rep) -> dict:
 def test_epsilon_for_zero_errors_is_the_closed_form():
     for n, confidence in [(1, 0.95), (2000, 0.95), (8939, 0.95), (500, 0.99)]:
         assert cv.epsilon_bound(0, n, confidence) == pytest.approx(1 - (1 - confidence) ** (1 / n), rel=1e-9)
-    assert cv.epsilon_bound(0, 2000) == pytest.approx(1.4967e-3, rel=1e-3)
+    assert cv.epsilon_bound(0, 8939) == pytest.approx(3.35e-4, rel=1e-3)  # Palumbo et al.'s modular addition
+    from scipy.stats import binomtest  # errors: 1 − the one-sided exact lower bound on the agreement rate
+
+    for k in (1, 6, 246):
+        low = binomtest(1000 - k, 1000, alternative="greater").proportion_ci(0.95, "exact").low
+        assert cv.epsilon_bound(k, 1000) == pytest.approx(1 - low, rel=1e-9)
 
 
 def test_an_exact_interpretation_has_zero_errors_on_every_axiom():
