@@ -24,7 +24,7 @@ from featurizers import Neurons
 
 from .counterfactuals import CounterfactualDataset
 from .engine import Engine
-from .metrics import IIA, KLDiff, Metric, MetricError, NormalizedLogitDiff, ProbDiff
+from .metrics import IIA, KLDiff, Metric, MetricError, NormalizedLogitDiff, ProbDiff, position_labels
 from .models import as_adapter
 from .models.base import EMBED_NOISE, Batch
 from .results import Results
@@ -392,7 +392,7 @@ class PatchingResults(Results):
         (the mean over counterfactual sets)."""
         t = self.table
         across = "head" if self.meta["component"] == "heads" else "position"
-        t = t.assign(position=t["position"].astype(str))
+        t = t.assign(position=position_labels(t["position"]))
         return t.pivot_table(index="layer", columns=across, values=value or self.metric, aggfunc="mean", sort=False)
 
     def heatmap(self, path=None, value: str | None = None, title: str | None = None):

@@ -30,6 +30,19 @@ def table(columns: list[str], rows: int):
     return check
 
 
+def grid(columns: list[str], rows: int):
+    """A printed layer × position DataFrame: a header of ``columns``, the index name's line, ``rows`` rows."""
+    def check(out: str, shown: str) -> str | None:
+        lines = out.rstrip("\n").splitlines()
+        if not lines or lines[0].split() != columns or lines[1].split() != ["layer"]:
+            return f"no grid header {columns} / layer in the output"
+        if len(lines) - 2 != rows:
+            return f"{len(lines) - 2} rows printed, not {rows}"
+        if not re.search(rf"\b{rows} rows?\b", shown):
+            return f"the README does not say {rows} rows"
+    return check
+
+
 def shows(text: str):
     """The output contains ``text``, which the README shows in the statement's comment."""
     def check(out: str, shown: str) -> str | None:
@@ -66,6 +79,8 @@ PRINTS = {
     "print(res.mib_score())": table(["variable", "featurizer", "mean", "best", "best_layer", "n_layers"], 1),
     'print({k: round(fit[k], 2) for k in ("token_coeff", "position_coeff", "r2")})':
         shows("{'token_coeff': 2.13, 'position_coeff': 3.52, 'r2': 0.82}"),
+    "print(st.grid().round(2))": grid(["position", "io", "s2", "last"], 8),
+    "print(pd.concat(tables).to_string(index=False))": table(["step", "site", "axiom", "errors", "n", "epsilon"], 8),
     'print(res.table[["layer", "position", "dataset", "mse", "baseline", "n"]])':
         table(["layer", "position", "dataset", "mse", "baseline", "n"], 12),
 }
@@ -128,7 +143,8 @@ def test_readme_language_model_examples(tmp_path, monkeypatch, smollm):
     for code in SLOW:
         ns, found = _run(code, tmp_path, monkeypatch)
         problems += found
-        res = ns["res"]
-        assert len(res.table) > 0 and (res.table["n"] > 0).all() and (res.table[res.metric] >= 0).all()
+        res = ns.get("res") or ns["st"]  # localization, or activation patching (values may be negative)
+        assert len(res.table) > 0 and (res.table["n"] > 0).all()
+        assert "st" in ns or (res.table[res.metric] >= 0).all()
         assert res.metric != "iia" or res.table["iia"].between(0, 1).all()
     assert not problems, "\n".join(problems)
