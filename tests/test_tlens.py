@@ -127,3 +127,40 @@ def test_kv_reuse_off_is_said(tokenizer):
     with pytest.warns(cv.models.base.FastPathWarning):
         wrapped = cv.as_adapter(hooked)  # it has .blocks, but it is no plain torch module
     assert type(wrapped) is TLModel and wrapped.tokenizer is tokenizer
+
+
+def test_transformer_bridge_gives_the_hf_adapters_logits_sites_and_iia(tokenizer, tmp_path):
+    """TransformerLens 4's TransformerBridge, booted offline around a tiny GPT-2: the same numbers as the
+    HF adapter on a twin of the same weights (the bridge switches its model to eager attention)."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from causalvar.models.tlens import BridgeModel
+
+    hf = make_lm("gpt2", len(tokenizer))
+    hf.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bridge = TransformerBridge.boot_transformers(str(tmp_path), hf_model=make_lm("gpt2", len(tokenizer)),
+                                                     tokenizer=tokenizer)
+    with pytest.warns(cv.models.base.FastPathWarning, match="suffix execution is off"):
+        wrapped = cv.as_adapter(bridge)
+    assert type(wrapped) is BridgeModel and wrapped.fast_paths == {"suffix": False, "reuse_kv": False}
+    ref = cv.HFModel(hf, tokenizer)
+    task = prompt_task(ref)
+    batch = task.encode(task.causal_model.sample(6, seed=3))
+    torch.testing.assert_close(wrapped.forward(batch), ref.forward(batch), atol=1e-4, rtol=1e-4)
+    for site in [cv.Site(1, None, c) for c in ("resid_pre", "resid_post", "attn_out", "mlp_out")] + \
+            [cv.Site(2, None, "head", head=3)]:
+        got = {}
+        for name, adapter in (("hf", ref), ("bridge", wrapped)):
+            handle = adapter.hook(site, lambda h, name=name: got.__setitem__(name, h.detach().clone()))
+            try:
+                adapter.forward(batch)
+            finally:
+                handle.remove()
+        real = batch.inputs["attention_mask"].bool()
+        torch.testing.assert_close(got["bridge"][real], got["hf"][real], atol=1e-4, rtol=1e-4, msg=str(site))
+    tables = [cv.localize(a, prompt_task(a), "io", Neurons(), layers=[0, 2], positions=["io", "last"], n_train=0,
+                          n_test=16, filter_correct=False, progress=False).table for a in (ref, wrapped)]
+    assert tables[0]["iia"].tolist() == tables[1]["iia"].tolist()

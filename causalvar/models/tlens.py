@@ -169,3 +169,92 @@ class TLModel(Adapter):
                 step.inputs[EMBED_NOISE] = noise
             tokens.append(self.forward(step).argmax(-1))
         return torch.stack(tokens, 1)
+
+
+def is_transformer_bridge(model) -> bool:
+    """Whether ``model`` is a TransformerLens ``TransformerBridge`` (TransformerLens 4's wrapper of a HF model)."""
+    return any(c.__name__ == "TransformerBridge" and c.__module__.startswith("transformer_lens")
+               for c in type(model).__mro__)
+
+
+class BridgeModel(TLModel):
+    """A TransformerLens ``TransformerBridge`` (it wraps the HF model itself) with its tokenizer. Canonical
+    sites map to the bridge's hook aliases (``blocks.{L}.hook_resid_pre`` / ``hook_resid_post`` /
+    ``hook_attn_out`` / ``hook_mlp_out``, ``attn.hook_z`` for a head). A bridge cannot start a forward at
+    a layer (its ``start_at_layer`` is not implemented), so every intervention runs one whole hooked
+    forward: no suffix execution (``fast_paths`` says so)."""
+
+    supports_suffix = False
+
+    def __init__(self, model: nn.Module, tokenizer=None, padding_side: str = "left"):
+        if not is_transformer_bridge(model):
+            raise ModelError(f"BridgeModel wraps a TransformerLens TransformerBridge, got {type(model).__name__}")
+        if padding_side not in ("left", "right"):
+            raise ModelError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        self.module = model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+        if self.tokenizer is None:
+            raise ModelError("this TransformerBridge has no tokenizer; pass one: cv.models.BridgeModel(bridge, tokenizer)")
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.padding_side = padding_side
+        self.cfg = model.cfg
+        self.block_paths = [f"blocks.{i}" for i in range(self.cfg.n_layers)]
+        self.why_not = {"suffix": "a TransformerBridge cannot start a forward at a layer, so every intervention "
+                                  "runs the whole network",
+                        "reuse_kv": "no suffix execution on a TransformerBridge"}
+        warnings.warn(f"TransformerBridge: suffix execution is off (slower, same numbers): {self.why_not['suffix']}",
+                      FastPathWarning, stacklevel=2)
+
+    @property
+    def fast_paths(self) -> dict[str, bool]:
+        return {"suffix": False, "reuse_kv": False}
+
+    def _point(self, name: str) -> nn.Module:
+        points = self.module.hook_dict
+        if name not in points:
+            raise ModelError(f"this TransformerBridge has no hook point '{name}'")
+        return points[name]
+
+    @property
+    def embedding_std(self) -> float:
+        return float(self.module.W_E.float().std())
+
+    def hook(self, site: Site, fn):
+        """As ``Adapter.hook``; int layers use the bridge's hook aliases (see the class docstring)."""
+        if not isinstance(site.layer, int):
+            return super(TLModel, self).hook(site, fn)
+        self.module_path(site)  # a clear error for a layer out of range
+        point = self._point(f"blocks.{site.layer % self.n_layers}.{HOOK_NAMES[site.component]}")
+        if site.component != "head":
+            return hook_module(point, "output", fn)
+        if not site.head < self.n_heads:
+            raise ModelError(f"site {site}: head {site.head} is out of range; the model has {self.n_heads} "
+                             f"heads per layer (0..{self.n_heads - 1})")
+
+        def on_z(m, args, z):  # z: [n, seq, n_heads, d_head] (or the heads flattened: [n, seq, n_heads·d_head])
+            heads = z if z.dim() == 4 else z.unflatten(-1, (self.n_heads, -1))
+            new = fn(heads[..., site.head, :])
+            if new is None:
+                return None
+            parts = list(heads.unbind(-2))
+            parts[site.head] = new.to(z.dtype)
+            out = torch.stack(parts, -2)
+            return out if z.dim() == 4 else out.flatten(-2)
+        return point.register_forward_hook(on_z)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """Logits ``[n, vocab]`` at ``batch.read``; ``EMBED_NOISE`` (``[n, seq, d]``) is added at ``hook_embed``."""
+        noise = batch.inputs.get(EMBED_NOISE)
+        handle = None if noise is None else self._point("hook_embed").register_forward_hook(
+            lambda m, a, out: out + noise.to(out.device, out.dtype))
+        try:
+            logits = self.module(batch.inputs["input_ids"], attention_mask=batch.inputs["attention_mask"],
+                                 return_type="logits")
+        finally:
+            if handle is not None:
+                handle.remove()
+        read = batch.read.to(logits.device)
+        return logits[torch.arange(len(read), device=logits.device), read]
