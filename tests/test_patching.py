@@ -78,7 +78,8 @@ def test_the_normalised_logit_difference_of_a_cell_matches_a_hand_computation(gp
     r, r2 = task.targets(ds.base_labels), task.targets(ds.source_labels)
     ld = lambda logits: (logits[rows, r] - logits[rows, r2]).double().mean()
     want = float((ld(patched) - ld(corrupt)) / (ld(clean.logits[:, -1]) - ld(corrupt)))
-    assert _value(res, layer=1) == pytest.approx(want, abs=1e-5)
+    # a random network: the clean-corrupt gap is small, so float noise (threads) is amplified by ~1e3
+    assert _value(res, layer=1) == pytest.approx(want, rel=1e-3)
 
 
 def test_a_head_patch_on_grouped_query_llama_matches_the_output_projection_by_hand():
