@@ -39,8 +39,15 @@ class TLModel(Adapter):
     supports_suffix = True
 
     def __init__(self, model: nn.Module, tokenizer=None, padding_side: str = "left"):
-        if not is_hooked_transformer(model):
-            raise ModelError(f"TLModel wraps a TransformerLens HookedTransformer, got {type(model).__name__}")
+        self._wrap(model, tokenizer, padding_side, is_hooked_transformer, "HookedTransformer")
+        self.why_not = {"reuse_kv": "the TransformerLens adapter recomputes every position of a suffix run"}
+        warnings.warn(f"HookedTransformer: key/value reuse is off, so every suffix run recomputes all positions "
+                      f"(slower, same numbers): {self.why_not['reuse_kv']}", FastPathWarning, stacklevel=3)
+
+    def _wrap(self, model: nn.Module, tokenizer, padding_side: str, is_kind, kind: str) -> None:
+        """Hold ``model`` (frozen, eval mode) with its tokenizer, after checking it is a ``kind``."""
+        if not is_kind(model):
+            raise ModelError(f"{type(self).__name__} wraps a TransformerLens {kind}, got {type(model).__name__}")
         if padding_side not in ("left", "right"):
             raise ModelError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
         self.module = model.eval()
@@ -48,15 +55,12 @@ class TLModel(Adapter):
             p.requires_grad_(False)
         self.tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
         if self.tokenizer is None:
-            raise ModelError("this HookedTransformer has no tokenizer; pass one: cv.TLModel(model, tokenizer)")
+            raise ModelError(f"this {kind} has no tokenizer; pass one: cv.models.{type(self).__name__}(model, tokenizer)")
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.padding_side = padding_side
         self.cfg = model.cfg
         self.block_paths = [f"blocks.{i}" for i in range(self.cfg.n_layers)]
-        self.why_not = {"reuse_kv": "the TransformerLens adapter recomputes every position of a suffix run"}
-        warnings.warn(f"HookedTransformer: key/value reuse is off, so every suffix run recomputes all positions "
-                      f"(slower, same numbers): {self.why_not['reuse_kv']}", FastPathWarning, stacklevel=2)
 
     @property
     def fast_paths(self) -> dict[str, bool]:
@@ -187,26 +191,12 @@ class BridgeModel(TLModel):
     supports_suffix = False
 
     def __init__(self, model: nn.Module, tokenizer=None, padding_side: str = "left"):
-        if not is_transformer_bridge(model):
-            raise ModelError(f"BridgeModel wraps a TransformerLens TransformerBridge, got {type(model).__name__}")
-        if padding_side not in ("left", "right"):
-            raise ModelError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
-        self.module = model.eval()
-        for p in model.parameters():
-            p.requires_grad_(False)
-        self.tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
-        if self.tokenizer is None:
-            raise ModelError("this TransformerBridge has no tokenizer; pass one: cv.models.BridgeModel(bridge, tokenizer)")
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.padding_side = padding_side
-        self.cfg = model.cfg
-        self.block_paths = [f"blocks.{i}" for i in range(self.cfg.n_layers)]
+        self._wrap(model, tokenizer, padding_side, is_transformer_bridge, "TransformerBridge")
         self.why_not = {"suffix": "a TransformerBridge cannot start a forward at a layer, so every intervention "
                                   "runs the whole network",
                         "reuse_kv": "no suffix execution on a TransformerBridge"}
         warnings.warn(f"TransformerBridge: suffix execution is off (slower, same numbers): {self.why_not['suffix']}",
-                      FastPathWarning, stacklevel=2)
+                      FastPathWarning, stacklevel=3)
 
     @property
     def fast_paths(self) -> dict[str, bool]:
