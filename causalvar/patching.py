@@ -78,6 +78,16 @@ def _lengths(batch: Batch) -> torch.Tensor:
     return batch.positions["last"] - batch.positions["first"] + 1
 
 
+def _str_sets(task, variable: str, n: int, seed: int) -> list[CounterfactualDataset]:
+    """STR's clean/corrupted pairs: the task's ``corruptions`` of ``variable`` where it names some, else its
+    counterfactual sets (only pairs whose answer changes)."""
+    gens = getattr(task, "corruptions", {}).get(variable)
+    if not gens:
+        return task.counterfactual_sets(variable, n, seed=seed, changes_output=True)
+    return [CounterfactualDataset.generate(task.causal_model, variable, n, seed=seed, source=gen, name=name,
+                                           changes_output=True) for name, gen in gens.items()]
+
+
 def _str_pairs(task, datasets: Sequence[CounterfactualDataset], direction: str) -> list[_Pairs]:
     """STR pairs: each dataset's bases are the clean prompts, its sources the corrupted ones; a pair whose
     prompts differ in token length is refused, naming it."""
@@ -224,8 +234,10 @@ def patch(model, task, variable: str | None = None, corruption: str = "str", met
     Args:
         model: an HF causal LM adapter (``cv.load_model(...)``, ``cv.HFModel``), a HookedTransformer, a name.
         task: a ``cv.PromptTask`` judging single-token answers.
-        variable: STR: the causal-model variable whose counterfactual sources are the corrupted prompts
-            (``task.counterfactual_sets(variable, n, seed, changes_output=True)``: one set per named set).
+        variable: STR: the causal-model variable whose corrupted prompts are drawn: the task's
+            ``corruptions`` of it (IOI: other names for ``output_token``, the other name repeated for
+            ``output_position``), else its counterfactual sets; only pairs whose answer changes, one
+            set per name.
         corruption: ``"str"`` or ``"gn"`` (Gaussian noise N(0, ν²), ν = 3 × std of the embedding matrix, on
             the token embeddings at ``noise_positions``, drawn from ``seed``; the clean prompts are ``n``
             samples of the causal model, or ``data.bases``).
@@ -297,8 +309,7 @@ def patch(model, task, variable: str | None = None, corruption: str = "str", met
         raise ValueError(f"component='heads' needs a transformer adapter with attention heads, got {type(adapter).__name__}")
     ask = 2 * n if filter_correct else n
     if corruption == "str":
-        datasets = [data] if data is not None else task.counterfactual_sets(variable, ask, seed=seed,
-                                                                            changes_output=True)
+        datasets = [data] if data is not None else _str_sets(task, variable, ask, seed)
         pairs = _str_pairs(task, datasets, direction)
     else:
         settings = list(data.bases) if data is not None else cm.sample(ask, seed=seed)

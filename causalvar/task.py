@@ -45,6 +45,10 @@ class Task:
     #: the task's named counterfactual sets (MIB's): name -> source generator ``(base, rng) -> source``
     #: (None: an independent draw), shared by all variables, or variable -> such a mapping
     source_generators: Mapping = {"random": None}
+    #: activation patching's symmetric token replacements (``cv.patch(corruption="str")``): variable ->
+    #: {name: generator ``(base, rng) -> source``} whose corrupted prompt has the clean one's token length
+    #: and its own answer; without one, ``cv.patch`` uses the counterfactual sets
+    corruptions: Mapping = {}
     #: the variables a sweep localizes by default (None: every variable that is neither input nor output)
     variables: Sequence[str] | None = None
     #: whether answers are judged on greedily generated tokens (``correct_tokens``) instead of logits

@@ -238,3 +238,17 @@ def test_every_token_index_for_prompts_of_one_template(gpt2):
         patch(adapter, task, "io", component="heads", positions=["io", "last"], progress=False)
     with pytest.raises(ValueError, match="corruption='gn' needs noise_positions"):
         patch(adapter, task, corruption="gn", contrast="s", progress=False)
+
+
+def test_ioi_names_its_corruptions_so_str_needs_no_data():
+    """IOI's STR corruptions keep the prompt's length (one-token names), so ``cv.patch(lm, ioi, variable)``
+    runs on the task's own draws, and the last block's residual restores the clean run exactly."""
+    from test_ioi_logit_diff import ioi_tokenizer
+
+    tok = ioi_tokenizer()
+    lm = cv.HFModel(make_lm("llama", len(tok)), tok)
+    task = cv.tasks.ioi(lm)
+    for variable in ("output_token", "output_position"):
+        res = patch(lm, task, variable, layers=[0, lm.n_layers - 1], positions=["io", "last"], n=12, progress=False)
+        assert _value(res, layer=lm.n_layers - 1, position="last") == pytest.approx(1.0, abs=1e-5)
+        assert set(res.table["n"]) == {12}

@@ -80,6 +80,13 @@ def flip_both(base: dict, rng: random.Random) -> dict:
     return {**base, "name_a": base["name_b"], "name_b": base["name_a"]}
 
 
+def new_names(base: dict, rng: random.Random) -> dict:
+    """Symmetric token replacement for activation patching: the same prompt with two other names (every
+    name is one token, so the corrupted prompt keeps the clean one's length) — the answer is another name."""
+    a, b = rng.sample([x for x in NAMES if x not in (base["name_a"], base["name_b"])], 2)
+    return {**base, "name_a": a, "name_b": b}
+
+
 def same(base: dict, rng: random.Random) -> dict:
     """The base itself (MIB's ``same`` set, used to fit the logit-difference model)."""
     return dict(base)
@@ -96,6 +103,8 @@ def ioi(lm) -> PromptTask:
     task.variables = ["output_token", "output_position"]
     task.source_generators = {"output_token": {"random": None},
                               "output_position": {"random": None, "s1_io_flip": flip_order}}
+    # patching's corrupted prompts: other names, or the other name repeated (the answer moves to it)
+    task.corruptions = {"output_token": {"new_names": new_names}, "output_position": {"s2_io_flip": flip_subject}}
     return task
 
 
