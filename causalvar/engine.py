@@ -287,13 +287,13 @@ class Engine:
     @torch.no_grad()
     def capture_prepared(self, batch: Batch, sites: Sequence[Site]) -> tuple[torch.Tensor, dict, Prepared]:
         """``capture`` and ``prepare`` in one forward per chunk: the logits ``[n, C]``, every site's
-        activation ``[n, d]``, and every row made ready for interventions (its prefix state), from which
-        ``take`` builds any subset's chunks without another forward. Where the adapter has no suffix
-        execution, ``prepare`` runs its own pass."""
+        activation ``[n, d]``, and every row made ready for interventions — one ``Prepared`` chunk holding
+        all rows and their prefix states joined row-wise, from which ``take`` builds any subset's chunks
+        without another forward (``batch``'s rows share one padded length, so their states join)."""
         starts = self._starts(sites)
-        if not self.adapter.supports_suffix:
-            logits, acts = self.capture(batch, sites)
-            return logits, acts, self.prepare(batch, sites)
+        whole = lambda states: Prepared([batch], [slice(0, len(batch))], states, starts)
+        if not self.adapter.supports_suffix:  # no prefix states: the capture is all there is to do
+            return (*self.capture(batch, sites), whole([]))
         last = self.adapter.n_layers
 
         def run(rows: Batch, remove):
@@ -303,20 +303,20 @@ class Engine:
                 del state["hidden"][last]
             return logits, state
         logits, acts, states = self._reading(batch, sites, run)
-        slices = self._chunks(len(batch))
-        return logits, acts, Prepared([batch.select(c) for c in slices], slices, states, starts)
+        flat = _join_rows(states, [c.stop - c.start for c in self._chunks(len(batch))])
+        return logits, acts, whole([] if flat is None else [flat])
 
     def take(self, whole: Prepared, idx: torch.Tensor, batch_size: int | None = None) -> Prepared:
-        """The rows ``idx`` of ``whole`` (from ``capture_prepared``, whose chunks share one padded length)
-        re-chunked in chunks of ``batch_size`` rows, their prefix states gathered row by row (no forward).
-        Falls back to ``prepare`` when the chunks' states differ in form (e.g. an attention mask that
-        the model built for some chunks and skipped for others)."""
-        batch = Batch.concat(whole.batches)
-        flat = _join_rows(whole.states, [len(b) for b in whole.batches]) if whole.states else None
-        if whole.states and flat is None:
+        """The rows ``idx`` of ``whole`` (from ``capture_prepared``) in chunks of ``batch_size`` rows, their
+        prefix states picked row by row (no forward). Where ``capture_prepared`` could not join the
+        chunks' states (e.g. an attention mask the model built for some chunks and skipped for others),
+        ``prepare`` runs the rows again."""
+        batch = whole.batches[0]
+        needs_states = any(j is not None for j in whole.starts.values())
+        if needs_states and not whole.states:
             return self.prepare(batch.select(idx), list(whole.starts), batch_size)
         slices = self._chunks(len(idx), batch_size)
-        states = [self._held(_pick_rows(flat, idx[c])) for c in slices] if flat is not None else []
+        states = [self._held(_pick_rows(whole.states[0], idx[c])) for c in slices] if needs_states else []
         return Prepared([batch.select(idx[c]).to(self.adapter.device) for c in slices], slices, states,
                         dict(whole.starts))
 

@@ -6,7 +6,6 @@ after a given one (suffix execution) from a cached hidden state.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -61,13 +60,6 @@ class Batch:
             raise TaskError(f"unknown position {spec!r}; this task's positions are "
                             f"{sorted(k for k in self.positions if k != 'first')} or an int")
         return self.positions[spec]
-
-    @staticmethod
-    def concat(parts: Sequence["Batch"]) -> "Batch":
-        """The rows of ``parts`` one after the other (their tensors must share every size but the first)."""
-        cat = lambda name: {k: torch.cat([getattr(p, name)[k] for p in parts]) for k in getattr(parts[0], name)}
-        read = None if parts[0].read is None else torch.cat([p.read for p in parts])
-        return Batch(cat("inputs"), cat("positions"), read)
 
     def select(self, idx) -> "Batch":
         """Rows ``idx`` (a slice or a LongTensor of indices)."""
