@@ -144,8 +144,11 @@ def _split(engine: Engine, task, pairs: _Pairs, sites: Sequence[Site], direction
                          "logit difference logit(r) - logit(r') is 0 in every run; patch a set whose corrupted "
                          "prompts change the answer (data=task.counterfactual_sets(variable, n)[k]) or, for GN, "
                          "another contrast")
-    clean_out, clean_acts = engine.capture(pairs.clean, sites)
-    corrupt_out, corrupt_acts = engine.capture(pairs.corrupt, sites)
+    denoise = direction == "denoise"  # the base is the run being patched: the corrupted one when denoising
+    base, source = (pairs.corrupt, pairs.clean) if denoise else (pairs.clean, pairs.corrupt)
+    base_out, base_acts, whole = engine.capture_prepared(base, sites)  # one forward per base row
+    src_out, src_acts = engine.capture(source, sites)
+    clean_out, corrupt_out = (src_out, base_out) if denoise else (base_out, src_out)
     check_finite(clean_out, None, "clean")
     check_finite(corrupt_out, None, "corrupted")
     drawn = len(clean_out)
@@ -163,12 +166,9 @@ def _split(engine: Engine, task, pairs: _Pairs, sites: Sequence[Site], direction
             raise ValueError(f"no pair of set '{pairs.name}' is left: {report}; patch with filter_correct=False, "
                              "or check cv.task_accuracy(model, task)")
     idx = keep.nonzero().flatten()[:n]
-    clean = (pairs.clean, clean_out, clean_acts)
-    corrupt = (pairs.corrupt, corrupt_out, corrupt_acts)
-    (base, base_out, base_acts), (_, src_out, src_acts) = (corrupt, clean) if direction == "denoise" else (clean, corrupt)
     pick = lambda xs: [xs[i] for i in idx.tolist()]
     take = lambda acts: {s: engine.store.take(a, idx) for s, a in acts.items()}
-    return Split(task, engine.prepare(base.select(idx), sites), take(src_acts), take(base_acts),
+    return Split(task, engine.take(whole, idx), take(src_acts), take(base_acts),
                  pick(pairs.cf if iia else pairs.r), pick(pairs.r2), [None] * len(idx), [None] * len(idx),
                  idx.tolist(), base_out[idx], src_out[idx]), report
 

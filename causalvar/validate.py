@@ -302,7 +302,7 @@ def validate(model, task, interpretation: Interpretation, n: int = 2000, seed: i
     start = _apply(interpretation.alpha_in, settings, "alpha_in", "input setting")
     engine = Engine(adapter, batch_size)
     sites = [step.site for step in steps]
-    logits, acts = engine.capture(batch, sites)
+    logits, acts, whole = engine.capture_prepared(batch, sites)  # one forward: the reads and every row's prefix
     # every abstract state and every write first (cheap, and where a map's mistakes show), then the runs
     counts, writes = [], []
     prefix = observed = start  # the abstract states entering step k: composed from the input, read at k-1
@@ -316,7 +316,7 @@ def validate(model, task, interpretation: Interpretation, n: int = 2000, seed: i
         writes.append([_gamma(step, states, acts[step.site], name) for states in (via_prefix, via_component)])
         prefix, observed = via_prefix, read
     # the replaceability runs: per step a cell of the full-vector interchange whose "sources" are γ's writes
-    prepared = engine.prepare(batch, sites)
+    prepared = engine.take(whole, torch.arange(len(batch)))
     tests = {axiom: _written(task, prepared, acts, logits, {step.site: w[i] for step, w in zip(steps, writes)})
              for i, axiom in enumerate(AXIOMS[2:])}
     sweep = SweepData(engine, tests[AXIOMS[2]], None, tests, [_Agreement()], n_train=0)
