@@ -5,6 +5,10 @@
         --positions s2,last --out runs/ioi
                                          any built-in task, model and featurizers; writes a results
                                          folder (table, heatmap, MIB scores)
+    causalvar patch --task ioi --variable output_token --corruption str,gn --component resid,heads \
+        --layers all --positions io,s2,last --out runs/patch
+                                         activation patching (no training): a folder per setting
+                                         (table, heatmap) and STR against GN side by side
 """
 from __future__ import annotations
 
@@ -233,6 +237,62 @@ def localize_cmd(args) -> int:
     return 0
 
 
+def _choices(text: str, allowed: tuple, flag: str) -> list[str]:
+    """A comma-separated ``flag`` value, each part one of ``allowed`` (a ``UsageError`` names a bad one)."""
+    parts = [p.strip().lower() for p in text.split(",") if p.strip()]
+    bad = [p for p in parts if p not in allowed]
+    if bad or not parts:
+        raise UsageError(f"{flag} {text!r}: {bad or 'nothing given'}; choose from {', '.join(allowed)} "
+                         "(comma-separated)")
+    return list(dict.fromkeys(parts))
+
+
+def patch_cmd(args) -> int:
+    import causalvar as cv
+    from .patching import COMPONENTS, CORRUPTIONS, DIRECTIONS, METHODS, METRICS, compare
+
+    tasks = cv.tasks.REGISTRY
+    if args.task not in tasks:
+        raise UsageError(f"unknown task {args.task!r}; built-in tasks: {sorted(tasks)}")
+    corruptions = _choices(args.corruption, CORRUPTIONS, "--corruption")
+    components = _choices(args.component, tuple(COMPONENTS), "--component")
+    metric = _choices(args.metric, METRICS, "--metric")[0]
+    direction = _choices(args.direction, DIRECTIONS, "--direction")[0]
+    method = _choices(args.method, METHODS, "--method")[0]
+    layer_spec, positions = layer_syntax(args.layers), parse_positions(args.positions)
+    head_position = None if args.head_position == "all" else parse_positions(args.head_position)[0]
+    print(f"loading {args.model} ...", flush=True)
+    lm = cv.load_model(args.model)
+    layers = resolve_layers(layer_spec, args.layers, lm.n_layers, args.model)
+    task = tasks[args.task](lm)
+    roles = getattr(task, "positions", {})
+    unknown = [p for p in positions + [head_position] if isinstance(p, str) and p not in roles]
+    if unknown:
+        raise UsageError(f"--positions / --head-position: {args.task} has no token role {unknown}; its roles are "
+                         f"{sorted(roles)}, or give token indices (ints)")
+    variable = args.variable or (task.variables or [None])[0]
+    out = Path(args.out)
+    runs = {}
+    for component in components:
+        for corruption in corruptions:
+            res = cv.patch(lm, task, variable if corruption == "str" else None, corruption=corruption, metric=metric,
+                           direction=direction, component=component, layers=layers,
+                           positions=head_position if component == "heads" else positions, n=args.n, seed=args.seed,
+                           filter_correct=args.filter_correct, window=args.window, method=method,
+                           batch_size=args.batch_size, progress=sys.stderr.isatty())
+            folder = out / f"{corruption}_{component}"
+            res.save(folder)
+            res.heatmap(folder / "heatmap.png")
+            runs[corruption, component] = res
+            print(f"\n{res.title} (n={args.n} pairs per set; {res.meta['data']})")
+            print(res.grid().round(3).to_string())
+        if len(corruptions) == 2:
+            compare(runs["str", component], runs["gn", component], out / f"str_vs_gn_{component}.png")
+    print(f"\nwrote {', '.join(f'{out}/{c}_{k}' for c, k in runs)} (results.csv, results.json, heatmap.png)"
+          + (f" and {out}/str_vs_gn_*.png" if len(corruptions) == 2 else ""))
+    return 0
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with its errors as one line like every other error of the command."""
 
@@ -298,6 +358,27 @@ def main(argv=None) -> int:
     p.add_argument("--train-batch-size", type=_at_least(1), default=32, help="training pairs per AdamW step of DAS/DBM")
     p.add_argument("--out", required=True, help="results folder (a rerun resumes)")
     p.set_defaults(func=localize_cmd)
+    p = sub.add_parser("patch", parents=[common], help="activation patching of a built-in task (no training)")
+    p.add_argument("--task", required=True, help="built-in task name (ioi, mcqa, arithmetic, ravel)")
+    p.add_argument("--model", default="smollm2-135m", help="embedded name, local folder, .gguf file or hub name")
+    p.add_argument("--variable", default=None, help="STR: the variable whose corrupted prompts are drawn "
+                   "(default: the task's first)")
+    p.add_argument("--corruption", default="str", help="comma-separated: str, gn (both: also a side-by-side figure)")
+    p.add_argument("--component", default="resid", help="comma-separated: resid, attn, mlp, heads")
+    p.add_argument("--metric", default="logit_diff", help="logit_diff, prob, kl or iia")
+    p.add_argument("--direction", default="denoise", help="denoise (clean into corrupted) or noise")
+    p.add_argument("--method", default="exact", help="exact, or attribution (the linear fast screen)")
+    p.add_argument("--layers", default="all", help=LAYER_FORMS)
+    p.add_argument("--positions", default=None, help="comma-separated token roles or ints (default: last)")
+    p.add_argument("--head-position", default="last", help="heads: one token role or int, or all (every "
+                   "token index together; prompts of one length)")
+    p.add_argument("--n", type=_at_least(1), default=64, help="pairs per counterfactual set (default: 64)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--window", type=_at_least(1), default=1, help="consecutive layers patched at once (default 1)")
+    p.add_argument("--filter-correct", action="store_true", help="only pairs the model answers (MIB's filter)")
+    p.add_argument("--batch-size", type=_at_least(1), default=64, help="rows per forward (no score depends on it)")
+    p.add_argument("--out", required=True, help="results folder")
+    p.set_defaults(func=patch_cmd)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import tempfile
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -252,6 +252,47 @@ class Engine:
             return self.adapter.generate(rows, n_tokens, after_prompt=remove).cpu()
         logits, acts, _ = self._reading(batch, sites, run)
         return logits, acts
+
+    def attribute(self, batch: Batch, sites: Sequence[Site], score: Callable[[torch.Tensor, slice], torch.Tensor],
+                  ) -> tuple[torch.Tensor, dict[Site, torch.Tensor], dict[Site, torch.Tensor]]:
+        """One forward and one backward per chunk, for every site at once: the logits ``[n, C]``, each
+        site's activation ``[n, d]`` and the gradient ``[n, d]`` there of ``score(logits, rows) -> [b]``,
+        a per-row score of the chunk's logits (rows: the chunk's slice of ``batch``). Rows do not interact
+        in a forward, so the gradient of the chunk's summed score is each row's own. The gradient is taken
+        through a zero added at each activation (a leaf), so the path through earlier sites stays intact."""
+        pos = {s: batch.position(s.position) for s in sites}
+        keys = list(dict.fromkeys((s.layer, s.component, s.head) for s in sites))
+        logits, acts, grads = [], {}, {}
+        for chunk in self._chunks(len(batch)):
+            seen: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+            def add_zero(h, key):  # h: [b, seq, d] -> h + 0, the zero a leaf whose gradient is h's
+                zero = torch.zeros_like(h, requires_grad=True)
+                seen[key] = (h.detach(), zero)
+                return h + zero
+            handles = [self.adapter.hook(Site(k[0], None, k[1], k[2]), lambda h, k=k: add_zero(h, k)) for k in keys]
+            try:
+                with torch.enable_grad():
+                    out = self.adapter.forward(batch.select(chunk).to(self.adapter.device))
+                    total = score(out, chunk).sum()
+                    if not total.requires_grad:
+                        raise ValueError("the score does not depend on the hooked activations; attribution "
+                                         "needs a metric of the logits that has a gradient")
+                    found = torch.autograd.grad(total, [seen[k][1] for k in keys], allow_unused=True)
+            finally:
+                for h in handles:
+                    h.remove()
+            logits.append(out.detach().float().cpu())
+            for k, g in zip(keys, found):
+                seen[k] = (seen[k][0], torch.zeros_like(seen[k][0]) if g is None else g)
+            for s in sites:
+                p = None if pos[s] is None else pos[s][chunk]
+                h, g = (_gather(t, p).float().cpu() for t in seen[(s.layer, s.component, s.head)])
+                for store, value in ((acts, h), (grads, g)):
+                    if s not in store:
+                        store[s] = self.store.empty(len(batch), value.shape[-1])
+                    store[s][chunk] = value
+        return torch.cat(logits), acts, grads
 
     def _reading(self, batch: Batch, sites: Sequence[Site], run) -> tuple[torch.Tensor, dict, list]:
         """Chunk by chunk, ``run(rows, remove_hooks)`` with every site's activation read by a hook:

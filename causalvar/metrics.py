@@ -74,10 +74,11 @@ class Metric:
         half = z * float(scores.double().std()) / n ** 0.5 if n > 1 else float("inf")
         return value - half, value + half
 
-    def columns(self, out: Outcome, primary: bool = True) -> dict:
+    def columns(self, out: Outcome, primary: bool = True, scores: torch.Tensor | None = None) -> dict:
         """A results row's columns: ``{name, n, ci_low, ci_high}`` for the run's primary metric, and
-        ``{name, name_ci_low, name_ci_high}`` for the others."""
-        scores = self.score(out)
+        ``{name, name_ci_low, name_ci_high}`` for the others; of ``scores: [n]`` when given (e.g. attribution
+        patching's linear estimates) instead of ``score(out)``."""
+        scores = self.score(out) if scores is None else scores
         if len(scores) == 0:
             raise MetricError(f"{self.name} of zero examples is undefined; the dataset is empty after filtering")
         value, (lo, hi) = self.value(scores, out), self.interval(scores, out)
@@ -130,7 +131,7 @@ class _Restoration(Metric):
     """A score between the corrupted run (0) and the clean run (1) of activation patching. ``clean``
     names which unintervened run is the clean one: ``"source"`` when the clean activation is written
     into the corrupted run (denoising), ``"base"`` when the corrupted one is written into the clean run
-    (noising)."""
+    (noising). Intervals are percentile bootstraps over the pairs."""
 
     def __init__(self, clean: str = "source"):
         if clean not in ("source", "base"):
@@ -142,15 +143,29 @@ class _Restoration(Metric):
         base, source = out.need("base", self), out.need("source", self)
         return (source, base) if self.clean == "source" else (base, source)
 
+    def interval(self, scores, out, confidence=0.95, resamples: int = 1000) -> tuple[float, float]:
+        """A percentile bootstrap over rows (pairs) of ``value``'s estimator (seeded)."""
+        idx = torch.randint(len(scores), (resamples, len(scores)), generator=torch.Generator().manual_seed(0))
+        return _percentiles(self._resampled(scores.double(), out, idx), confidence)
+
+    def _resampled(self, scores: torch.Tensor, out: Outcome, idx: torch.Tensor) -> torch.Tensor:
+        """The cell's value on each resample ``idx: [resamples, n]`` of the rows -> ``[resamples]``."""
+        return scores[idx].mean(1)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(clean={self.clean!r})"
+
+
+def _percentiles(boot: torch.Tensor, confidence: float) -> tuple[float, float]:
+    a = (1 - confidence) / 2
+    return float(boot.quantile(a)), float(boot.quantile(1 - a))
 
 
 class NormalizedLogitDiff(_Restoration):
     """Zhang & Nanda's ``(mean LD_pt − mean LD_*) / (mean LD_cl − mean LD_*)``, ``LD = logit(r) −
     logit(r′)``: r the clean answer (``labels``), r′ the corrupted run's (``contrast``); means over the
     rows first. 1: the patched run behaves like the clean one; 0: like the corrupted one. A clean–corrupt
-    gap of (almost) zero is an error, never a NaN. The interval is a bootstrap over rows."""
+    gap of (almost) zero is an error, never a NaN."""
 
     name = "logit_diff_norm"
 
@@ -170,13 +185,9 @@ class NormalizedLogitDiff(_Restoration):
                               "to restore; corrupt other tokens or choose another counterfactual set")
         return float((scores.double().mean() - ld_co.mean()) / gap)
 
-    def interval(self, scores, out, confidence=0.95, resamples: int = 1000) -> tuple[float, float]:
+    def _resampled(self, scores: torch.Tensor, out: Outcome, idx: torch.Tensor) -> torch.Tensor:
         ld_cl, ld_co = self._gap(out)
-        idx = torch.randint(len(scores), (resamples, len(scores)), generator=torch.Generator().manual_seed(0))
-        s = scores.double()
-        boot = (s[idx].mean(1) - ld_co[idx].mean(1)) / (ld_cl[idx].mean(1) - ld_co[idx].mean(1))
-        a = (1 - confidence) / 2
-        return float(boot.quantile(a)), float(boot.quantile(1 - a))
+        return (scores[idx].mean(1) - ld_co[idx].mean(1)) / (ld_cl[idx].mean(1) - ld_co[idx].mean(1))
 
 
 class ProbDiff(_Restoration):

@@ -19,12 +19,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 
 from featurizers import Neurons
 
 from .counterfactuals import CounterfactualDataset
 from .engine import Engine
-from .metrics import IIA, KLDiff, Metric, MetricError, NormalizedLogitDiff, ProbDiff, position_labels
+from .figures import grid_panel, pyplot, saved
+from .metrics import IIA, KLDiff, Metric, MetricError, NormalizedLogitDiff, Outcome, ProbDiff, position_labels
 from .models import as_adapter
 from .models.base import EMBED_NOISE, Batch
 from .results import Results
@@ -39,6 +41,7 @@ DIRECTIONS = ("denoise", "noise")
 #: ``component=`` -> the site component it patches
 COMPONENTS = {"resid": "resid_post", "attn": "attn_out", "mlp": "mlp_out", "heads": "head"}
 METRICS = ("logit_diff", "prob", "kl", "iia")
+METHODS = ("exact", "attribution")
 #: ν = NOISE_SCALE × the standard deviation of the embedding matrix (Meng et al.'s choice, kept by Zhang & Nanda)
 NOISE_SCALE = 3.0
 #: below this mean probability of r on the corrupted run, "prob" cannot show negative components
@@ -130,10 +133,13 @@ def _gn_pairs(adapter, task, settings: list, noise_positions: Sequence[str], con
 
 
 def _split(engine: Engine, task, pairs: _Pairs, sites: Sequence[Site], direction: str, iia: bool,
-           filter_correct: bool, corruption: str, n: int) -> tuple[Split, str]:
+           filter_correct: bool, corruption: str, n: int, attribution: Metric | None = None,
+           ) -> tuple[Split, str, dict | None]:
     """The split a cell patches, of the first ``n`` pairs (kept by the filter): base = the run being patched
     (corrupted when denoising), source = the run patched from; ``labels`` = r (or, for IIA, the causal
-    model's label), ``base_labels`` = r' (what the metrics' ``contrast`` reads); and what the filter did."""
+    model's label), ``base_labels`` = r' (what the metrics' ``contrast`` reads); what the filter did; and,
+    with ``attribution`` (a metric), the gradient ``[n, d]`` of its per-pair score at every site of the
+    base run (one forward and one backward for all sites; the split then holds no prepared rows)."""
     task.targets(pairs.r), task.targets(pairs.r2)  # every answer is a token before any forward
     if pairs.clean.inputs.keys() == pairs.corrupt.inputs.keys() and all(
             torch.equal(v, pairs.corrupt.inputs[k]) for k, v in pairs.clean.inputs.items()):
@@ -146,8 +152,15 @@ def _split(engine: Engine, task, pairs: _Pairs, sites: Sequence[Site], direction
                          "another contrast")
     denoise = direction == "denoise"  # the base is the run being patched: the corrupted one when denoising
     base, source = (pairs.corrupt, pairs.clean) if denoise else (pairs.clean, pairs.corrupt)
-    base_out, base_acts, whole = engine.capture_prepared(base, sites)  # one forward per base row
     src_out, src_acts = engine.capture(source, sites)
+    grads = None
+    if attribution is None:
+        base_out, base_acts, whole = engine.capture_prepared(base, sites)  # one forward per base row
+    else:
+        def score(logits: torch.Tensor, rows: slice) -> torch.Tensor:  # [b, C] -> the metric's score [b]
+            return attribution.score(Outcome(task, logits, pairs.r[rows], pairs.r2[rows], logits.detach(),
+                                             src_out[rows]))
+        base_out, base_acts, grads = engine.attribute(base, sites, score)
     clean_out, corrupt_out = (src_out, base_out) if denoise else (base_out, src_out)
     check_finite(clean_out, None, "clean")
     check_finite(corrupt_out, None, "corrupted")
@@ -168,9 +181,10 @@ def _split(engine: Engine, task, pairs: _Pairs, sites: Sequence[Site], direction
     idx = keep.nonzero().flatten()[:n]
     pick = lambda xs: [xs[i] for i in idx.tolist()]
     take = lambda acts: {s: engine.store.take(a, idx) for s, a in acts.items()}
-    return Split(task, engine.take(whole, idx), take(src_acts), take(base_acts),
-                 pick(pairs.cf if iia else pairs.r), pick(pairs.r2), [None] * len(idx), [None] * len(idx),
-                 idx.tolist(), base_out[idx], src_out[idx]), report
+    split = Split(task, None if grads is not None else engine.take(whole, idx), take(src_acts), take(base_acts),
+                  pick(pairs.cf if iia else pairs.r), pick(pairs.r2), [None] * len(idx), [None] * len(idx),
+                  idx.tolist(), base_out[idx], src_out[idx])
+    return split, report, None if grads is None else take(grads)
 
 
 def _check_gap(split: Split, name: str, metric: Metric, direction: str) -> None:
@@ -204,8 +218,9 @@ def _layers(layers, adapter) -> list[int]:
 
 def _positions(positions, component: str, batches: Sequence[Batch]) -> list:
     """The positions to patch: task roles or ints as given, or (``None``) every token index when all prompts
-    have one token length; heads take exactly one."""
-    if positions is None:
+    have one token length; heads take exactly one, or ``None`` (every token index, patched together)."""
+    every = positions is None
+    if every:
         lengths = torch.cat([_lengths(b) for b in batches])
         if len(set(lengths.tolist())) > 1:
             i = int((lengths != lengths[0]).nonzero()[0])
@@ -214,9 +229,10 @@ def _positions(positions, component: str, batches: Sequence[Batch]) -> list:
                              "name the positions (task roles such as 'last')")
         positions = list(range(int(lengths[0])))
     positions = [positions] if isinstance(positions, (str, int)) else list(positions)
-    if component == "heads" and len(positions) != 1:
-        raise ValueError(f"component='heads' patches every head of a layer at one position; got positions="
-                         f"{positions!r}: pass one, e.g. positions='last'")
+    if component == "heads" and not every and len(positions) != 1:
+        raise ValueError(f"component='heads' patches every head of a layer at one position, or at every token "
+                         f"index together (positions=None); got positions={positions!r}: pass one, e.g. "
+                         "positions='last'")
     for b in batches:
         for p in positions:
             b.position(p)  # unknown roles fail before any forward
@@ -227,8 +243,8 @@ def patch(model, task, variable: str | None = None, corruption: str = "str", met
           direction: str = "denoise", component: str = "resid", layers: int | Sequence[int] | None = None,
           positions="last", n: int = 64, seed: int = 0, data: CounterfactualDataset | None = None,
           filter_correct: bool = False, noise_positions: Sequence[str] | None = None,
-          contrast: str | Callable | None = None, window: int = 1, batch_size: int = 64, progress: bool = True,
-          executor=None) -> PatchingResults:
+          contrast: str | Callable | None = None, window: int = 1, method: str = "exact", batch_size: int = 64,
+          progress: bool = True, executor=None) -> PatchingResults:
     """Activation patching of whole activations at every (layer, position) — or (layer, head) — cell.
 
     Args:
@@ -250,7 +266,7 @@ def patch(model, task, variable: str | None = None, corruption: str = "str", met
             sublayer adds to the residual stream), by layer × position; ``"heads"``: every query head of each
             layer (its output before the output projection; with grouped-query attention, writing one query
             head changes only its own contribution ``z_h W_O[h]``, not the key/value head it shares) at one
-            position.
+            position, or with ``positions=None`` at every token index together (column ``position`` "all").
         layers: block indices (default: all). positions: task roles or ints, or ``None``: every token index
             (prompts of one template, equal lengths).
         n: pairs per counterfactual set (with ``filter_correct``, 2n are drawn and the first n kept are used).
@@ -258,14 +274,21 @@ def patch(model, task, variable: str | None = None, corruption: str = "str", met
             (STR), or whose bases are the clean prompts (GN).
         filter_correct: use only pairs the network answers correctly (MIB's filter: the clean and, for STR,
             the corrupted prompt); by default every pair is used, as in Zhang & Nanda. The meta says which.
-        noise_positions: GN: the task roles whose embeddings are noised (e.g. ``["io", "s1", "s2"]``).
-        contrast: GN: r', a causal-model variable (IOI: ``"subject"``) or ``values -> output value``.
+        noise_positions: GN: the task roles whose embeddings are noised (default: the task's
+            ``noise["noise_positions"]``; IOI: ``["io", "s1", "s2"]``).
+        contrast: GN: r', a causal-model variable or ``values -> output value`` (default: the task's
+            ``noise["contrast"]``; IOI: ``"subject"``).
         window: patch ``window`` consecutive layers at once (from each of ``layers``, cut at the last block);
             the table's ``layer`` then reads e.g. ``"3-5"``. Off (1) by default: windows exaggerate
             localization (Zhang & Nanda), so a ``PatchingWarning`` says so.
+        method: ``"exact"`` (each cell patched and run) or ``"attribution"`` (the fast screen: the metric
+            linearised in the activations, ``score_pt ≈ score_* + (a_src − a_base) · ∂score/∂a``, from one
+            source forward and one base forward and backward for every site at once; exact wherever the
+            network after the site is linear in it, e.g. the last layer's residual under the logit
+            difference; ``"logit_diff"``, ``"prob"`` or ``"kl"``). The table's ``method`` column says which.
     Returns: ``PatchingResults``: ``table`` (component, layer, position, head, the metric, n, ci_low, ci_high
-    (a bootstrap over pairs for the normalised logit difference), baseline = the metric with nothing patched,
-    corruption, metric, direction, window, filter_correct), ``heatmap(path)`` titled with the settings, ``save(dir)``.
+    (a bootstrap over pairs), baseline = the metric with nothing patched, corruption, metric, direction, method,
+    window, filter_correct), ``heatmap(path)`` titled with the settings, ``save(dir)``.
     """
     if corruption not in CORRUPTIONS:
         raise ValueError(f"corruption must be one of {CORRUPTIONS}, got {corruption!r}")
@@ -273,6 +296,8 @@ def patch(model, task, variable: str | None = None, corruption: str = "str", met
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
     if component not in COMPONENTS:
         raise ValueError(f"component must be one of {sorted(COMPONENTS)}, got {component!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     check_count("n", n, 1, "pairs per counterfactual set")
     check_count("seed", seed, 0, "the same seed gives the same table")
     if not isinstance(task, PromptTask) or task.generates:
@@ -292,9 +317,12 @@ def patch(model, task, variable: str | None = None, corruption: str = "str", met
             raise ValueError("noise_positions and contrast belong to corruption='gn'; STR's r' is the corrupted "
                              "prompt's own answer")
     else:
+        noise_positions = noise_positions or task.noise.get("noise_positions")
+        contrast = task.noise.get("contrast") if contrast is None else contrast
         if not noise_positions:
             raise ValueError("corruption='gn' needs noise_positions: the task roles whose embeddings are noised, "
-                             f"from {sorted(k for k in task.positions if k != 'last')}")
+                             f"from {sorted(k for k in task.positions if k != 'last')} (a task may name them "
+                             "in task.noise)")
         if contrast is None or (isinstance(contrast, str) and contrast not in cm.variables):
             raise ValueError("corruption='gn' needs contrast=: the answer r' the logit difference counts against, "
                              f"a causal-model variable (one of {list(cm.variables)}; IOI: 'subject') or a function "
@@ -303,6 +331,10 @@ def patch(model, task, variable: str | None = None, corruption: str = "str", met
     check_count("window", window, 1, "consecutive layers patched at once")
     if window > 1 and component == "heads":
         raise ValueError("windows over layers patch whole components; component='heads' takes window=1")
+    if method == "attribution" and (metric == "iia" or window > 1):
+        raise ValueError("method='attribution' linearises a differentiable metric of the logits at single "
+                         "layers: use metric='logit_diff', 'prob' or 'kl' with window=1, or method='exact'"
+                         + (" (IIA counts argmax agreements, which have no gradient)" if metric == "iia" else ""))
     adapter = as_adapter(model)
     layers = _layers(layers, adapter)
     if component == "heads" and getattr(adapter, "n_heads", None) is None:
@@ -314,54 +346,93 @@ def patch(model, task, variable: str | None = None, corruption: str = "str", met
     else:
         settings = list(data.bases) if data is not None else cm.sample(ask, seed=seed)
         pairs = [_gn_pairs(adapter, task, settings, noise_positions, contrast, seed)]
+    summed = component == "heads" and positions is None
     positions = _positions(positions, component, [b for p in pairs for b in (p.clean, p.corrupt)])
-    kind = COMPONENTS[component]
-    heads = range(adapter.n_heads) if component == "heads" else [None]
-    spans = {layer: list(range(layer, min(layer + window, adapter.n_layers))) for layer in layers}
-    sites = list(dict.fromkeys(Site(x, pos, kind, h) for layer in layers for x in spans[layer]
-                               for pos in positions for h in heads))
+    groups = _groups(adapter, COMPONENTS[component], layers, positions, window, summed)
+    sites = list(dict.fromkeys(s for _, group in groups for s in group))
     engine = Engine(adapter, batch_size=batch_size)
-    tests, reports = {}, {}
+    tests, grads, reports = {}, {}, {}
     for p in pairs:
-        split, report = _split(engine, task, p, sites, direction, metric == "iia", filter_correct, corruption, n)
+        split, report, grads[p.name] = _split(engine, task, p, sites, direction, metric == "iia", filter_correct,
+                                              corruption, n, measure if method == "attribution" else None)
         _check_gap(split, p.name, measure, direction)
         tests[p.name], reports[p.name] = split, [report, f"pairs patched: {len(split)}"]
     meta = {"model": type(adapter.module).__name__, "task": task.name, "variable": variable,
             "corruption": corruption, "metric": measure.name, "metric_choice": metric, "direction": direction,
-            "component": component, "layers": layers, "positions": [str(p) for p in positions], "n": n,
+            "component": component, "method": method, "layers": layers,
+            "positions": ["all"] if summed else [str(p) for p in positions], "n": n,
             "seed": seed, "filter_correct": filter_correct, "lower_is_better": False, "data": reports,
             **({"noise_positions": list(noise_positions), "noise_std": NOISE_SCALE * adapter.embedding_std,
                 "contrast": getattr(contrast, "__name__", str(contrast))} if corruption == "gn" else {})}
-    first = next(iter(tests.values()))
-    prepared = SweepData(engine, first, None, tests, [measure], n_train=0)
     results = PatchingResults(meta=meta)
     settings_cols = {"component": component, "corruption": corruption, "metric": metric, "direction": direction,
-                     "window": window, "filter_correct": filter_correct}
+                     "method": method, "window": window, "filter_correct": filter_correct}
+    name = variable or corruption
     if window > 1:
         warnings.warn(PatchingWarning(
             f"window={window} patches {window} consecutive layers at once: windows exaggerate localization (a "
             "window scores high when any of its layers matters, and neighbouring windows share layers); read "
             "window=1 beside it"), stacklevel=2)
-        for layer in layers:
-            for pos in positions:
-                window_sites = [Site(x, pos, kind) for x in spans[layer]]
-                results.rows += [{**row, **settings_cols} for row in _window_rows(prepared, window_sites, measure,
-                                                                                 variable or corruption)]
+    if method == "attribution":
+        results.rows = [{**row, **settings_cols} for row in _attribution_rows(tests, grads, groups, measure, name)]
         return results
-    cells = [Cell(variable or corruption, Neurons(), s) for s in sites]
-    for result in (executor or InProcessExecutor()).run(cells, prepared, None, progress,
-                                                        desc=f"patch {corruption} {direction} {component}"):
-        results.rows += [{**row, "head": result.cell.site.head, **settings_cols} for row in result.rows]
+    if all(len(group) == 1 for _, group in groups):
+        first = next(iter(tests.values()))
+        prepared = SweepData(engine, first, None, tests, [measure], n_train=0)
+        cells = [Cell(name, Neurons(), group[0]) for _, group in groups]
+        for result in (executor or InProcessExecutor()).run(cells, prepared, None, progress,
+                                                            desc=f"patch {corruption} {direction} {component}"):
+            results.rows += [{**row, "head": result.cell.site.head, **settings_cols} for row in result.rows]
+        return results
+    for label, group in tqdm(groups, desc=f"patch {corruption} {direction} {component}", disable=not progress):
+        results.rows += [{**row, **settings_cols} for row in _joint_rows(adapter, tests, group, label, measure, name)]
     return results
 
 
+def _groups(adapter, kind: str, layers: list[int], positions: list, window: int, summed: bool,
+            ) -> list[tuple[dict, list[Site]]]:
+    """What each cell writes: (its labels — layer, position, head — and its sites, patched together): one
+    site; ``window`` consecutive layers at one position (layer "3-5"); or, ``summed``, one head at every
+    token index (position "all")."""
+    heads = range(adapter.n_heads) if kind == "head" else [None]
+    groups = []
+    for layer in layers:
+        span = list(range(layer, min(layer + window, adapter.n_layers)))
+        label = layer if window == 1 else f"{span[0]}-{span[-1]}"
+        for h in heads:
+            if summed:
+                groups.append(({"layer": label, "position": "all", "head": h}, [Site(layer, p, kind, h) for p in positions]))
+                continue
+            groups += [({"layer": label, "position": p, "head": h}, [Site(x, p, kind, h) for x in span])
+                       for p in positions]
+    return groups
+
+
+def _attribution_rows(tests: dict[str, Split], grads: dict[str, dict], groups, metric: Metric,
+                      variable: str) -> list[dict]:
+    """Attribution patching's rows: per set and cell, the metric of the linearised patched scores
+    ``score_* + Σ_sites (a_src − a_base) · ∂score/∂a`` (the unpatched base's scores, plus each of the
+    cell's sites' first-order change), with its bootstrap interval, beside the no-effect baseline."""
+    rows = []
+    for name, split in tests.items():
+        out = outcome(split, logits=split.base_out)
+        unpatched = metric.score(out).double()
+        for label, group in groups:
+            change = sum(((split.sources[s] - split.bases[s]).double() * grads[name][s].double()).sum(-1)
+                         for s in group)
+            rows.append({"variable": variable, "featurizer": "full_vector", **label, "dataset": name,
+                         **metric.columns(out, scores=unpatched + change), "baseline": baseline(split, metric)})
+    return rows
+
+
 @torch.no_grad()
-def _window_rows(data: SweepData, sites: Sequence[Site], metric: Metric, variable: str) -> list[dict]:
-    """One row per set for a window: every site in ``sites`` (consecutive layers, one position) written with
-    the source's activation at once, by hooks over one whole forward per chunk (a ``Cell`` holds one site,
-    so windows do not go through the executor)."""
-    adapter, rows = data.engine.adapter, []
-    for name, split in data.tests.items():
+def _joint_rows(adapter, tests: dict[str, Split], sites: Sequence[Site], label: dict, metric: Metric,
+                variable: str) -> list[dict]:
+    """One row per set for a cell that writes several sites at once (a window of layers, a head at every
+    token index): each site written with the source's activation, by hooks over one whole forward per
+    chunk (a ``Cell`` of the executor holds one site)."""
+    rows = []
+    for name, split in tests.items():
         logits = []
         for batch, chunk in zip(split.prepared.batches, split.prepared.slices):
             idx = torch.arange(len(batch), device=adapter.device)
@@ -376,9 +447,8 @@ def _window_rows(data: SweepData, sites: Sequence[Site], metric: Metric, variabl
                 for h in handles:
                     h.remove()
         out = outcome(split, logits=torch.cat(logits))
-        rows.append({"variable": variable, "featurizer": "full_vector",
-                     "layer": f"{sites[0].layer}-{sites[-1].layer}", "position": sites[0].position, "head": None,
-                     "dataset": name, **metric.columns(out), "baseline": baseline(split, metric)})
+        rows.append({"variable": variable, "featurizer": "full_vector", **label, "dataset": name,
+                     **metric.columns(out), "baseline": baseline(split, metric)})
     return rows
 
 
@@ -396,6 +466,7 @@ class PatchingResults(Results):
         """The settings, for figure titles: e.g. "STR · logit_diff_norm · denoise · resid"."""
         m = self.meta
         title = f"{m['corruption'].upper()} · {m['metric']} · {m['direction']} · {m['component']}"
+        title += " · attribution" if m.get("method") == "attribution" else ""
         return title + (" · filter_correct" if m.get("filter_correct") else " · every pair")
 
     def grid(self, value: str | None = None):
@@ -409,10 +480,10 @@ class PatchingResults(Results):
     def heatmap(self, path=None, value: str | None = None, title: str | None = None):
         """The grid (``grid``) as one heatmap, each cell's value written in it, titled with the settings;
         saved to ``path`` when given. Returns the matplotlib figure."""
-        plt = _pyplot()
-        fig, ax = plt.subplots(figsize=_size(self.grid(value)), constrained_layout=True)
-        _panel(fig, ax, self.grid(value), title or self.title, value or self.metric)
-        return _saved(fig, path)
+        grid = self.grid(value)
+        fig, ax = pyplot().subplots(figsize=_size(grid), constrained_layout=True)
+        _panel(fig, ax, grid, title or self.title, value or self.metric)
+        return saved(fig, path)
 
 
 def difference(a: PatchingResults, b: PatchingResults):
@@ -432,22 +503,12 @@ def compare(a: PatchingResults, b: PatchingResults, path=None):
     out different layers): three heatmaps titled with each one's settings. Saved to ``path`` when given;
     returns the matplotlib figure."""
     diff = difference(a, b)
-    plt = _pyplot()
     w, h = _size(diff)
-    fig, axes = plt.subplots(1, 3, figsize=(3 * w, h), constrained_layout=True)
+    fig, axes = pyplot().subplots(1, 3, figsize=(3 * w, h), constrained_layout=True)
     _panel(fig, axes[0], a.grid(), a.title, a.metric)
     _panel(fig, axes[1], b.grid(), b.title, b.metric)
     _panel(fig, axes[2], diff, "difference (left − middle)", f"Δ {a.metric}", centred=True)
-    return _saved(fig, path)
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return saved(fig, path)
 
 
 def _size(grid) -> tuple[float, float]:
@@ -463,23 +524,7 @@ def _panel(fig, ax, grid, title: str, label: str, centred: bool = False) -> None
         limits = dict(cmap="RdBu_r", vmin=-top, vmax=top)
     else:
         limits = dict(cmap="viridis", vmin=min(0.0, float(values.min())), vmax=max(1.0, float(values.max())))
-    im = ax.imshow(values, aspect="auto", origin="lower", **limits)
-    ax.set_xticks(range(grid.shape[1]), [str(c) for c in grid.columns], rotation=30, ha="right", fontsize=8)
-    ax.set_yticks(range(grid.shape[0]), [str(i) for i in grid.index], fontsize=7)
-    ax.set_xlabel(str(grid.columns.name))
+    im = grid_panel(ax, values, list(grid.index), list(grid.columns), xlabel=str(grid.columns.name), **limits)
     ax.set_ylabel("layer")
-    for (r, c), v in zip([(r, c) for r in range(grid.shape[0]) for c in range(grid.shape[1])], values.flatten()):
-        ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=6,
-                color="white" if sum(im.cmap(im.norm(v))[:3]) < 1.5 else "black")
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, shrink=0.8, label=label)
-
-
-def _saved(fig, path):
-    if path is not None:
-        from pathlib import Path
-
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=130, bbox_inches="tight")
-        _pyplot().close(fig)
-    return fig

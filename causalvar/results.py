@@ -80,11 +80,7 @@ class Results:
         of ``value`` (default: the metric; the colour scale is flipped where lower is better, so bright
         is always good). Each cell shows its score and, beneath it in parentheses, its no-effect baseline
         when the rows carry one. Saved to ``path`` (PNG/PDF) when given; returns the matplotlib figure."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        from .figures import grid_panel, pyplot, saved
         from .metrics import position_labels
 
         t = self.table
@@ -98,39 +94,25 @@ class Results:
         variables = list(dict.fromkeys(t["variable"]))
         layers = list(dict.fromkeys(t["layer"]))
         positions = list(dict.fromkeys(t["position"]))
-        fig, axes = plt.subplots(len(feats), len(variables), squeeze=False,
-                                 figsize=(1.2 + 1.1 * len(positions) * len(variables),
-                                          1.0 + max(2.0, 0.32 * len(layers)) * len(feats)),
-                                 constrained_layout=True)
+        fig, axes = pyplot().subplots(len(feats), len(variables), squeeze=False,
+                                      figsize=(1.2 + 1.1 * len(positions) * len(variables),
+                                               1.0 + max(2.0, 0.32 * len(layers)) * len(feats)),
+                                      constrained_layout=True)
         for i, f in enumerate(feats):
             for j, v in enumerate(variables):
                 ax = axes[i][j]
                 sub = t[(t["featurizer"] == f) & (t["variable"] == v)]  # several sets: their mean
                 grids = {col: sub.pivot_table(index="layer", columns="position", values=col, aggfunc="mean",
-                                              sort=False).reindex(index=layers, columns=positions)
+                                              sort=False).reindex(index=layers, columns=positions).to_numpy(float)
                          for col in [value] + (["baseline"] if baseline else [])}
-                grid = grids[value]
-                im = ax.imshow(grid.values, cmap=cmap, aspect="auto", origin="lower", **limits)
-                ax.set_xticks(range(len(positions)), positions, rotation=30, ha="right", fontsize=8)
-                ax.set_yticks(range(len(layers)), [str(x) for x in layers], fontsize=7)
-                for (r, c), val in pd.DataFrame(grid.values).stack().items():
-                    color = "white" if sum(im.cmap(im.norm(val))[:3]) < 1.5 else "black"
-                    base = grids["baseline"].values[r, c] if baseline else float("nan")
-                    ax.text(c, r, f"{val:.2f}", ha="center", va="center" if pd.isna(base) else "bottom",
-                            fontsize=6, color=color)
-                    if not pd.isna(base):
-                        ax.text(c, r, f"({base:.2f})", ha="center", va="top", fontsize=5, color=color, alpha=0.7)
+                im = grid_panel(ax, grids[value], layers, positions, cmap, below=grids.get("baseline"), **limits)
                 ax.set_title(f"{v} · {f}", fontsize=9)
                 ax.set_ylabel("layer" if j == 0 else "")
         fig.colorbar(im, ax=axes, shrink=0.8,
                      label=f"{value} (in parentheses: the no-effect baseline)" if baseline else value)
         if title:
             fig.suptitle(title)
-        if path is not None:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            fig.savefig(path, dpi=130, bbox_inches="tight")
-            plt.close(fig)
-        return fig
+        return saved(fig, path)
 
     def save(self, directory: str | Path) -> Path:
         """Write ``results.json`` (rows + meta), ``results.csv`` and each fitted featurizer under

@@ -49,6 +49,9 @@ class Task:
     #: {name: generator ``(base, rng) -> source``} whose corrupted prompt has the clean one's token length
     #: and its own answer; without one, ``cv.patch`` uses the counterfactual sets
     corruptions: Mapping = {}
+    #: Gaussian-noise patching's defaults (``cv.patch(corruption="gn")``): ``noise_positions`` (the token
+    #: roles whose embeddings are noised) and ``contrast`` (the variable whose value is the answer r')
+    noise: Mapping = {}
     #: the variables a sweep localizes by default (None: every variable that is neither input nor output)
     variables: Sequence[str] | None = None
     #: whether answers are judged on greedily generated tokens (``correct_tokens``) instead of logits

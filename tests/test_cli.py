@@ -138,3 +138,44 @@ def test_run_time_errors_are_one_line_and_the_traceback_is_behind_debug(capsys, 
 def test_featurizer_lists_keep_neuron_lists_whole():
     names = [f.name for f in parse_featurizers("full,neurons:0-3,7,das:16")]
     assert names == ["full_vector", "neurons[0-3,7]", "das(k=16)"]
+
+
+PATCH = ["patch", "--task", "ioi", "--out", "unused"]
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--corruption", "str,noise"], "--corruption 'str,noise': ['noise']; choose from str, gn (comma-separated)"),
+    (["--component", "resid,head"], "--component 'resid,head': ['head']; choose from resid, attn, mlp, heads"),
+    (["--metric", "logitdiff"], "--metric 'logitdiff': ['logitdiff']; choose from logit_diff, prob, kl, iia"),
+    (["--method", "fast"], "--method 'fast': ['fast']; choose from exact, attribution"),
+    (["--layers", "x"], "--layers 'x': expected all, a range"),
+])
+def test_bad_patch_arguments_fail_in_one_line_before_the_model_loads(capsys, args, expected):
+    code, err, out = _error(capsys, PATCH + args)
+    assert code == 2 and err.startswith("causalvar: error: " + expected), err
+    assert out == ""
+
+
+def test_patch_writes_a_folder_per_setting_and_str_beside_gn(tmp_path, capsys):
+    """``causalvar patch`` on a local tiny Llama with one-token IOI names: STR and GN for the residual stream
+    and the heads, each a results folder, the last block's residual at the read position restoring the
+    clean run exactly, and the side-by-side figure of each component."""
+    import causalvar as cv
+    from test_ioi_logit_diff import ioi_tokenizer
+
+    folder, out = tmp_path / "model", tmp_path / "runs"
+    tokenizer = ioi_tokenizer()
+    make_lm("llama", len(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    assert main(PATCH[:-1] + [str(out), "--model", str(folder), "--corruption", "str,gn", "--component",
+                              "resid,heads", "--positions", "io,last", "--n", "8"]) == 0
+    assert "STR · logit_diff_norm · denoise · resid · every pair" in capsys.readouterr().out
+    for setting in ("str_resid", "gn_resid", "str_heads", "gn_heads"):
+        res = cv.patching.PatchingResults.load(out / setting)
+        assert (out / setting / "heatmap.png").exists() and set(res.table["n"]) == {8}
+        if setting.endswith("resid"):
+            last = res.table[(res.table["layer"] == 2) & (res.table["position"] == "last")]
+            assert float(last["logit_diff_norm"].iloc[0]) == pytest.approx(1.0, abs=1e-5)
+        else:
+            assert sorted(res.table["head"]) == sorted([0, 1, 2, 3] * 3)
+    assert (out / "str_vs_gn_resid.png").exists() and (out / "str_vs_gn_heads.png").exists()

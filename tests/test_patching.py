@@ -252,3 +252,51 @@ def test_ioi_names_its_corruptions_so_str_needs_no_data():
         res = patch(lm, task, variable, layers=[0, lm.n_layers - 1], positions=["io", "last"], n=12, progress=False)
         assert _value(res, layer=lm.n_layers - 1, position="last") == pytest.approx(1.0, abs=1e-5)
         assert set(res.table["n"]) == {12}
+
+
+def linear_tail_gpt2():
+    """A tiny GPT-2 whose last block's output reaches the logits linearly: no final LayerNorm and the last
+    MLP's output projection zero (its bias a constant), so the logit difference is linear in the last
+    block's residual, attention output and head outputs."""
+    tok = make_tokenizer()
+    model = make_lm("gpt2", len(tok))
+    model.transformer.ln_f = torch.nn.Identity()
+    with torch.no_grad():
+        model.transformer.h[-1].mlp.c_proj.weight.zero_()
+    adapter = cv.HFModel(model, tok)
+    return adapter, prompt_task(adapter)
+
+
+@pytest.mark.parametrize("component,positions", [("resid", ["io", "last"]), ("attn", ["io", "last"]),
+                                                 ("heads", "last"), ("heads", None)])
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+def test_attribution_equals_exact_patching_where_the_network_is_linear_in_the_activation(component, positions,
+                                                                                       direction):
+    """At the last block of ``linear_tail_gpt2`` the first-order estimate is the patch itself: every cell
+    (and its bootstrap interval) agrees with exact patching; a head at every token index together (positions
+    None, one forward writing all of them) is the sum of its per-position estimates."""
+    adapter, task = linear_tail_gpt2()
+    kw = dict(component=component, direction=direction, layers=[2], positions=positions, n=10, seed=1, progress=False)
+    exact = patch(adapter, task, "io", **kw)
+    fast = patch(adapter, task, "io", method="attribution", **kw)
+    labels, numbers = ["layer", "position", "head", "n"], ["logit_diff_norm", "ci_low", "ci_high", "baseline"]
+    assert fast.table[labels].equals(exact.table[labels])
+    # float32 runs of a random network: its small clean-corrupt gap amplifies rounding (~1e-6) by ~1e3
+    assert fast.table[numbers].to_numpy().flatten() == pytest.approx(exact.table[numbers].to_numpy().flatten(), abs=1e-3)
+    assert set(fast.table["method"]) == {"attribution"} and fast.title.endswith("attribution · every pair")
+    if positions is None:
+        assert set(exact.table["position"]) == {"all"} and len(exact.table) == adapter.n_heads
+
+
+def test_attribution_differs_from_exact_where_the_network_is_not_linear(gpt2):
+    """Before the last block (layer norms, MLPs, attention in between) the estimate is only first-order: it
+    differs from the exact patch, and attribution of IIA (no gradient) is refused."""
+    adapter, task = gpt2
+    kw = dict(layers=[0, 2], positions=["io", "last"], n=10, seed=1, progress=False)
+    exact, fast = patch(adapter, task, "io", **kw), patch(adapter, task, "io", method="attribution", **kw)
+    diff = (exact.table["logit_diff_norm"] - fast.table["logit_diff_norm"]).abs()
+    assert diff.max() > 1e-3
+    with pytest.raises(ValueError, match="method='attribution' linearises a differentiable metric"):
+        patch(adapter, task, "io", metric="iia", method="attribution", progress=False)
+    with pytest.raises(ValueError, match="method must be one of"):
+        patch(adapter, task, "io", method="fast", progress=False)

@@ -105,6 +105,8 @@ def ioi(lm) -> PromptTask:
                               "output_position": {"random": None, "s1_io_flip": flip_order}}
     # patching's corrupted prompts: other names, or the other name repeated (the answer moves to it)
     task.corruptions = {"output_token": {"new_names": new_names}, "output_position": {"s2_io_flip": flip_subject}}
+    # Gaussian noise on every name (Meng et al.'s subject corruption, extended to both names); r' = the subject
+    task.noise = {"noise_positions": ["io", "s1", "s2"], "contrast": "subject"}
     return task
 
 
