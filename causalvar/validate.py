@@ -16,7 +16,9 @@ rate by ε, the one-sided Clopper–Pearson upper bound (``cv.metrics.epsilon_bo
 The network runs through the engine: one capture pass reads every step's site; the replaceability runs are
 planned as cells for the sweep's executor, one per step, each the full-vector interchange at the step's
 site whose "sources" are γ's writes (two test sets: the prefix and the component chain), so only the
-blocks after the site run, in batches. Only the abstract model (``alpha_in``, each step's ``h`` and
+blocks after the site run, in batches. A step at a set of token positions (``Step([cv.Site(0, "c0"),
+cv.Site(0, "c1"), ...])``) is read as ``[n, k, d]`` and written through the whole sequence of its layer,
+its positions replaced and the others kept. Only the abstract model (``alpha_in``, each step's ``h`` and
 ``equal``) is evaluated example by example.
 """
 from __future__ import annotations
@@ -31,13 +33,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from featurizers import Neurons
+from einops import repeat
 
-from .causal_model import _sorted
+from featurizers import Featurizer, Neurons
+
 from .engine import Engine, Prepared
 from .metrics import Metric, Outcome, epsilon_bound
 from .models import as_adapter
-from .models.base import Adapter
+from .models.base import Adapter, Batch
 from .results import Results
 from .sites import Site
 from .splits import Split
@@ -57,13 +60,17 @@ class Step:
     """One component of an interpretation: the network up to ``site``, read and written there.
 
     Args:
-        site: where the component ends: a ``cv.Site``, a block index or a module path.
+        site: where the component ends: a ``cv.Site``, a block index or a module path; or a set of token
+            positions at one layer, as a list of ``cv.Site`` that differ only in their position (e.g. the
+            residual at every clause of a formula: ``[cv.Site(0, f"c{i}") for i in range(10)]``).
         h: the abstract component: the previous step's abstract state (``alpha_in``'s for the first
             step) -> this step's abstract state.
-        alpha: activations ``h: [n, d]`` at the site -> n abstract states (a list or tuple, or a tensor
-            or array whose rows are the states).
-        gamma: ``(states, h)`` -> ``h': [n, d]``: the n abstract states (a list) written into the
-            activations ``h: [n, d]``, which it may use for the parts it leaves alone.
+        alpha: activations at the site -> n abstract states (a list or tuple, or a tensor or array whose
+            rows are the states). It gets ``h: [n, d]``, or ``h: [n, k, d]`` at k positions (in the
+            order the sites were given).
+        gamma: ``(states, h)`` -> ``h'`` of the shape of ``h`` (``[n, d]`` or ``[n, k, d]``): the n
+            abstract states (a list) written into the activations ``h``, which it may use for the parts
+            it leaves alone. At k positions the network's other positions keep their own activations.
         equal: ``equal(a, b) -> bool``, an equivalence of abstract states (e.g. clause order ignored);
             default ``==``, lists and tuples alike. With ``delta`` it compares components.
         delta: a tolerance for vector states: two states (sequences of the same length) are equal
@@ -72,7 +79,7 @@ class Step:
     States that are tensors or arrays are compared as (nested) lists.
     """
 
-    site: Site | int | str
+    site: Site | int | str | Sequence[Site]
     h: Callable
     alpha: Callable
     gamma: Callable
@@ -80,13 +87,53 @@ class Step:
     delta: int = 0
 
     def __post_init__(self):
-        site = self.site if isinstance(self.site, Site) else Site(self.site)
-        object.__setattr__(self, "site", site)
+        if isinstance(self.site, (list, tuple)):
+            object.__setattr__(self, "site", _position_set(self.site))
+        elif not isinstance(self.site, Site):
+            object.__setattr__(self, "site", Site(self.site))
         for name in ("h", "alpha", "gamma") + (("equal",) if self.equal is not None else ()):
             if not callable(getattr(self, name)):
-                raise InterpretationError(f"the step at {site}: {name} must be callable, got "
+                raise InterpretationError(f"the step at {self.where}: {name} must be callable, got "
                                           f"{getattr(self, name)!r}")
         check_count("delta", self.delta, 0, "components of a vector state allowed to differ")
+
+    @property
+    def sites(self) -> tuple[Site, ...]:
+        """The sites the step reads and writes: one, or one per position of a position set."""
+        return self.site if isinstance(self.site, tuple) else (self.site,)
+
+    @property
+    def where(self) -> str:
+        """The site as tables and messages name it: ``L1@last``, or ``L0@[c0, c1]`` for a position set."""
+        if isinstance(self.site, Site):
+            return str(self.site)
+        return f"{_layer_site(self.site[0])}@[{', '.join(str(s.position) for s in self.site)}]"
+
+
+def _layer_site(site: Site) -> Site:
+    """``site`` without its position: the whole sequence of the activation at its layer and component."""
+    return Site(site.layer, None, site.component, site.head)
+
+
+def _position_set(sites: Sequence) -> tuple[Site, ...]:
+    """A step's list of sites as a position set: at least one, all ``cv.Site`` at one layer, component and
+    head, with distinct token positions."""
+    sites = tuple(sites)
+    if not sites or not all(isinstance(s, Site) for s in sites):
+        raise InterpretationError(f"a step's site set must be a non-empty list of cv.Site (one per token "
+                                  f"position), got {list(sites)!r:.200}")
+    whole = {_layer_site(s) for s in sites}
+    if len(whole) > 1:
+        raise InterpretationError(f"a step's sites must differ only in their token position (one layer, component "
+                                  f"and head), got {[str(s) for s in sites]}")
+    positions = [s.position for s in sites]
+    if None in positions:
+        raise InterpretationError(f"every site of a step's position set needs a token position, got "
+                                  f"{[str(s) for s in sites]}")
+    twice = next((p for i, p in enumerate(positions) if p in positions[:i]), None)
+    if twice is not None:
+        raise InterpretationError(f"position {twice!r} appears twice in the step's sites {[str(s) for s in sites]}")
+    return sites
 
 
 class Interpretation:
@@ -110,7 +157,7 @@ class Interpretation:
         self.info = dict(info or {})
 
     def __repr__(self) -> str:
-        return f"Interpretation({len(self.steps)} steps at {', '.join(str(s.site) for s in self.steps)})"
+        return f"Interpretation({len(self.steps)} steps at {', '.join(s.where for s in self.steps)})"
 
     @classmethod
     def from_localization(cls, results: Results, variable: str, layer: int | str, model, task,
@@ -142,7 +189,7 @@ class Interpretation:
         rng = random.Random(f"causalvar.from_localization:{seed}")
         settings = [cm.draw(rng) for _ in range(n_fit)]
         values = [cm.run(s)[variable] for s in settings]
-        classes = _sorted(frozenset(values))
+        classes = list(dict.fromkeys(values))  # the values in the order the drawn inputs first take them
         if len(classes) < 2:
             raise InterpretationError(f"variable '{variable}' takes the one value {classes[0]!r} on {n_fit} drawn "
                                       "inputs; a classifier reading it needs two values or more")
@@ -295,61 +342,112 @@ def validate(model, task, interpretation: Interpretation, n: int = 2000, seed: i
     _check_order(adapter, steps)
     batch = task.encode(settings)
     for k, step in enumerate(steps, 1):
-        if step.site.position is None and batch.read is not None:
+        if step.sites[0].position is None and batch.read is not None:
             raise InterpretationError(f"{_name(k, step)}: the network has a sequence axis; give the step's site a "
                                       "token position, e.g. cv.Site(layer, 'last')")
-        batch.position(step.site.position)  # unknown positions fail before any forward
+    # unknown or colliding positions fail before any forward
+    positions = [_check_positions(batch, step, _name(k, step)) for k, step in enumerate(steps, 1)]
     start = _apply(interpretation.alpha_in, settings, "alpha_in", "input setting")
     engine = Engine(adapter, batch_size)
-    sites = [step.site for step in steps]
+    sites = list(dict.fromkeys(s for step in steps for s in step.sites))
     logits, acts, whole = engine.capture_prepared(batch, sites)  # one forward: the reads and every row's prefix
     # every abstract state and every write first (cheap, and where a map's mistakes show), then the runs
     counts, writes = [], []
     prefix = observed = start  # the abstract states entering step k: composed from the input, read at k-1
     for k, step in enumerate(steps, 1):
         name = _name(k, step)
-        read = _states(_call(step.alpha, name, "alpha", acts[step.site]), len(settings), name, "alpha",
-                       tuple(acts[step.site].shape))
+        h = _read(step, acts)
+        read = _states(_call(step.alpha, name, "alpha", h), len(settings), name, "alpha", tuple(h.shape))
         via_prefix = _apply(step.h, prefix, f"{name}: h", "abstract state (composed from the input)")
         via_component = _apply(step.h, observed, f"{name}: h", "abstract state (read at the step before)")
         counts.append([_disagreements(step, read, via_prefix, name), _disagreements(step, read, via_component, name)])
-        writes.append([_gamma(step, states, acts[step.site], name) for states in (via_prefix, via_component)])
+        writes.append([_gamma(step, states, h, name) for states in (via_prefix, via_component)])
         prefix, observed = via_prefix, read
-    # the replaceability runs: per step a cell of the full-vector interchange whose "sources" are γ's writes
+    # the replaceability runs: per step a cell of the full-vector interchange whose "sources" are γ's writes;
+    # a position set is written through the whole sequence of its layer, the other positions kept
     prepared = engine.take(whole, torch.arange(len(batch)))
-    tests = {axiom: _written(task, prepared, acts, logits, {step.site: w[i] for step, w in zip(steps, writes)})
-             for i, axiom in enumerate(AXIOMS[2:])}
+    cells = []
+    for k, step in enumerate(steps, 1):
+        if isinstance(step.site, Site):
+            cells.append(Cell(f"step {k}", Neurons(), step.site))
+        else:
+            cells.append(Cell(f"step {k}", _PositionWrite(), _layer_site(step.sites[0])))
+            prepared.starts[cells[-1].site] = prepared.starts[step.sites[0]]  # the same block: position aside
+    length = None if batch.read is None else int(batch.positions["last"].max()) + 1  # the padded sequence
+    tests = {axiom: _written(task, prepared, acts, logits, {
+        cell.site: w[i] if isinstance(step.site, Site) else _flagged(w[i], pos, length)
+        for step, cell, w, pos in zip(steps, cells, writes, positions)}) for i, axiom in enumerate(AXIOMS[2:])}
     sweep = SweepData(engine, tests[AXIOMS[2]], None, tests, [_Agreement()], n_train=0)
-    cells = [Cell(f"step {k}", Neurons(), step.site) for k, step in enumerate(steps, 1)]
     results = (executor or InProcessExecutor()).run(cells, sweep, None, progress, desc="validate")
     rows = []
     for k, (step, equivalence, result) in enumerate(zip(steps, counts, results), 1):
         errors = dict(zip(AXIOMS[:2], equivalence))
         errors.update({r["dataset"]: r["n"] - round(r["agreement"] * r["n"]) for r in result.rows})
-        rows += [{"step": k, "site": str(step.site), "axiom": axiom, "errors": int(errors[axiom]),
+        rows += [{"step": k, "site": step.where, "axiom": axiom, "errors": int(errors[axiom]),
                   "n": len(settings), "epsilon": epsilon_bound(int(errors[axiom]), len(settings), confidence)}
                  for axiom in AXIOMS]
     meta = {"model": type(adapter.module).__name__, "task": getattr(task, "name", "task"), "n": len(settings),
             "seed": seed if data is None else None, "confidence": confidence,
-            "steps": [str(s.site) for s in steps], "interpretation": interpretation.info}
+            "steps": [s.where for s in steps], "interpretation": interpretation.info}
     return ValidationResults(rows, meta)
 
 
 def _name(k: int, step: Step) -> str:
-    return f"step {k} (site {step.site})"
+    return f"step {k} (site {step.where})"
+
+
+def _check_positions(batch: Batch, step: Step, name: str) -> torch.Tensor | None:
+    """The token index of each of the step's positions in every row, ``[n, k]`` (``None`` without a sequence
+    axis); positions of a set that name one token in some row are refused (the write would be ambiguous)."""
+    if step.sites[0].position is None:
+        return None
+    pos = torch.stack([batch.position(s.position) for s in step.sites], 1)  # [n, k]
+    if pos.shape[1] > 1:
+        same = (pos[:, :, None] == pos[:, None, :]).sum((1, 2)) > pos.shape[1]  # [n]
+        if same.any():
+            i = int(same.nonzero()[0])
+            raise InterpretationError(f"{name}: two of its positions are the same token ({pos[i].tolist()}) in "
+                                      f"example {i}; every position of a step's set must name a token of its own")
+    return pos
+
+
+def _read(step: Step, acts: dict) -> torch.Tensor:
+    """The step's activations: ``[n, d]`` at one site, ``[n, k, d]`` at a position set."""
+    if isinstance(step.site, Site):
+        return acts[step.site]
+    return torch.stack([acts[s] for s in step.sites], 1)
+
+
+class _PositionWrite(Featurizer):
+    """The write of a position set through the whole sequence of its layer: the source ``[n, seq, d + 1]``
+    holds γ's writes and, last, a flag (1: write this position, 0: keep the base's)."""
+
+    def interchange(self, h_base: torch.Tensor, h_source: torch.Tensor) -> torch.Tensor:
+        """``h_base: [n, seq, d]``, ``h_source: [n, seq, d + 1]`` -> ``[n, seq, d]``."""
+        return torch.where(h_source[..., -1:] > 0, h_source[..., :-1], h_base)
+
+
+def _flagged(written: torch.Tensor, pos: torch.Tensor, length: int) -> torch.Tensor:
+    """γ's writes ``[n, k, d]`` at token indices ``pos: [n, k]`` as a ``_PositionWrite`` source
+    ``[n, length, d + 1]``."""
+    n, k, d = written.shape
+    out = torch.zeros(n, length, d + 1)
+    rows = repeat(torch.arange(n), "n -> n k", k=k)
+    out[rows, pos] = torch.cat([written, torch.ones(n, k, 1)], -1)
+    return out
 
 
 def _check_order(adapter: Adapter, steps: Sequence[Step]) -> None:
     """Every site must exist, once; steps at blocks must come in the network's order."""
-    sites = [step.site for step in steps]
-    twice = next((k for k, site in enumerate(sites, 1) if site in sites[:k - 1]), None)
-    if twice is not None:
-        raise InterpretationError(f"{_name(twice, steps[twice - 1])} cuts the network where step "
-                                  f"{sites.index(sites[twice - 1]) + 1} does; every step needs a site of its own")
+    for k, step in enumerate(steps, 1):
+        earlier = next((i for i, other in enumerate(steps[:k - 1], 1) if set(other.sites) & set(step.sites)), None)
+        if earlier is not None:
+            raise InterpretationError(f"{_name(k, step)} cuts the network where step {earlier} does; every step "
+                                      "needs a site of its own")
     at_blocks = []  # (block index, step number, step) of the steps on the residual stream between blocks
     for k, step in enumerate(steps, 1):
-        adapter.module_path(step.site)  # an unknown layer or module fails here, before any forward
-        j = adapter.block_index(step.site)
+        adapter.module_path(step.sites[0])  # an unknown layer or module fails here, before any forward
+        j = adapter.block_index(step.sites[0])
         if j is None:
             continue
         if at_blocks and j <= at_blocks[-1][0]:
@@ -378,7 +476,7 @@ def _states(out, n: int, name: str, what: str, shape: tuple) -> list:
 
 
 def _call(fn: Callable, name: str, what: str, h: torch.Tensor):
-    """``fn(h)`` for a map of activations ``h: [n, d]``, a failure named by the step."""
+    """``fn(h)`` for a map of activations ``h`` (``[n, d]`` or ``[n, k, d]``), a failure named by the step."""
     try:
         return fn(h)
     except Exception as e:
@@ -424,7 +522,8 @@ def _disagreements(step: Step, read: list, expected: list, name: str) -> int:
 
 
 def _gamma(step: Step, states: list, h: torch.Tensor, name: str) -> torch.Tensor:
-    """γ's output for ``states`` written into ``h: [n, d]``, checked: a tensor ``[n, d]``."""
+    """γ's output for ``states`` written into ``h`` (``[n, d]``, or ``[n, k, d]`` at a position set),
+    checked: a tensor of the same shape."""
     try:
         out = step.gamma(states, h.clone())
     except Exception as e:

@@ -241,3 +241,89 @@ def test_from_localization_names_the_cells_it_has(das_cells):
         Interpretation.from_localization(res, "left", 1, model=net, task=task)
     with pytest.raises(InterpretationError, match="unknown variable 'middle'"):
         Interpretation.from_localization(res, "middle", 0, model=net, task=task)
+
+
+def padded_task(lm):
+    """The name task with prompts of two lengths (one order ends with an extra word), so rows are padded."""
+    from conftest import name_causal_model, name_prompt
+
+    return cv.PromptTask(lm, name_causal_model(), prompt=lambda s: name_prompt(s) + (" then" if s["order"] == "ABB" else ""),
+                         answer=lambda v: " " + v, positions={"io": cv.word("a"), "s2": cv.word("b", 2)})
+
+
+def test_a_position_set_is_read_as_n_k_d_and_written_at_those_positions_only(tokenizer):
+    from conftest import make_lm
+
+    net = make_lm("gpt2", len(tokenizer))
+    lm = cv.HFModel(net, tokenizer)
+    task = padded_task(lm)
+    data = task.causal_model.sample(60, seed=1)
+    batch = task.encode(data)
+    assert len(set(batch.positions["last"].tolist())) == 1 and len(set(batch.positions["first"].tolist())) == 2
+    sites = [cv.Site(1, "io"), cv.Site(1, "s2")]
+    shapes = []
+
+    def read(h):
+        shapes.append(tuple(h.shape))
+        return [None] * len(h)
+
+    kept = Step(sites, h=lambda x: None, alpha=read, gamma=lambda s, h: h, equal=lambda a, b: True)
+    assert kept.where == "L1@[io, s2]"
+    rep = validate(lm, task, Interpretation(lambda x: x, [kept]), data=data, progress=False)
+    assert shapes == [(60, 2, 32)] and (rep.table["errors"] == 0).all() and rep.table["site"].iloc[0] == "L1@[io, s2]"
+    # γ writes each row's activations at io and the last token from the row before; the same write by a
+    # hook on block 1 made by hand
+    roles = ["io", "last"]
+    rolled = Step([cv.Site(1, r) for r in roles], h=lambda x: None, alpha=read, gamma=lambda s, h: h.roll(1, 0),
+                  equal=lambda a, b: True)
+    e = errors(validate(lm, task, Interpretation(lambda x: x, [rolled]), data=data, progress=False))
+    block, captured = net.transformer.h[1], {}
+    pos = torch.stack([batch.positions[r] for r in roles], 1)  # [n, 2]
+    rows = torch.arange(len(data))[:, None]
+    logits_at_read = lambda: net(**batch.inputs).logits[torch.arange(len(data)), batch.read].argmax(-1)
+    handle = block.register_forward_hook(lambda m, a, out: captured.setdefault("h", out[0] if isinstance(out, tuple) else out))
+    with torch.no_grad():
+        try:
+            clean = logits_at_read()
+        finally:
+            handle.remove()
+        h = captured["h"].clone()
+        h[rows, pos] = captured["h"][rows, pos].roll(1, 0)
+        handle = block.register_forward_hook(lambda m, a, out: (h,) + tuple(out[1:]) if isinstance(out, tuple) else h)
+        try:
+            patched = logits_at_read()
+        finally:
+            handle.remove()
+    by_hand = int((patched != clean).sum())
+    assert by_hand > 0 and e[(1, "prefix_replaceability")] == e[(1, "component_replaceability")] == by_hand
+
+
+def test_a_position_set_that_is_wrong_is_named_by_step(tokenizer):
+    from conftest import make_lm, prompt_task
+
+    lm = cv.HFModel(make_lm("gpt2", len(tokenizer)), tokenizer)
+    task = prompt_task(lm)
+    io_s2 = [cv.Site(1, "io"), cv.Site(1, "s2")]
+    none = dict(h=lambda x: None, alpha=lambda h: [None] * len(h), equal=lambda a, b: True)
+    with pytest.raises(InterpretationError, match=r"step 1 \(site L1@\[io, s2\]\): gamma returned a tensor \[40, 32\] "
+                                                  r"for activations \[40, 2, 32\]"):
+        validate(lm, task, Interpretation(lambda x: x, [Step(io_s2, gamma=lambda s, h: h[:, 0], **none)]), n=40)
+    with pytest.raises(InterpretationError, match=r"step 1 \(site L1@\[io, s2\]\): alpha returned 39 states for 40 rows "
+                                                  r"\(activations \[40, 2, 32\]\)"):
+        validate(lm, task, Interpretation(lambda x: x, [Step(io_s2, h=id, alpha=lambda h: h[1:], gamma=id)]), n=40)
+    with pytest.raises(InterpretationError, match=r"step 1 \(site L1@\[last, -1\]\): two of its positions are the same "
+                                                  r"token .* in example 0"):
+        validate(lm, task, Interpretation(lambda x: x, [Step([cv.Site(1, "last"), cv.Site(1, -1)], gamma=id, **none)]))
+    with pytest.raises(InterpretationError, match=r"step 2 \(site L1@\[s2, last\]\) cuts the network where step 1 does"):
+        validate(lm, task, Interpretation(lambda x: x, [Step(io_s2, gamma=id, **none),
+                                                        Step([cv.Site(1, "s2"), cv.Site(1, "last")], gamma=id, **none)]))
+    with pytest.raises(cv.TaskError, match="unknown position 'io2'"):
+        validate(lm, task, Interpretation(lambda x: x, [Step([cv.Site(1, "io"), cv.Site(1, "io2")], gamma=id, **none)]))
+    with pytest.raises(InterpretationError, match="must differ only in their token position"):
+        Step([cv.Site(0, "io"), cv.Site(1, "s2")], gamma=id, **none)
+    with pytest.raises(InterpretationError, match="position 'io' appears twice"):
+        Step([cv.Site(0, "io"), cv.Site(0, "io")], gamma=id, **none)
+    with pytest.raises(InterpretationError, match="non-empty list of cv.Site"):
+        Step([0, 1], gamma=id, **none)
+    with pytest.raises(InterpretationError, match="needs a token position"):
+        Step([cv.Site(0)], gamma=id, **none)
