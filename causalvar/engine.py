@@ -362,8 +362,12 @@ class Engine:
                         dict(whole.starts))
 
     def _starts(self, sites: Sequence[Site]) -> dict[Site, int | None]:
-        """For each site, the block a suffix run starts at (``None``: a hooked full forward)."""
-        return {s: self.adapter.block_index(s) if self.adapter.supports_suffix else None for s in sites}
+        """For each site, the block a suffix run starts at: the block whose input the site is, or the block
+        the site is inside of (run with the site hooked); ``None``: a hooked full forward."""
+        if not self.adapter.supports_suffix:
+            return {s: None for s in sites}
+        starts = {s: self.adapter.block_index(s) for s in sites}
+        return {s: self.adapter.inner_block(s) if j is None else j for s, j in starts.items()}
 
     # ------------------------------------------------------------------ interventions
     @torch.no_grad()
@@ -404,10 +408,18 @@ class Engine:
         pos = rows.position(site.position)
         source = source.to(self.adapter.device)
         start = prepared.starts[site]
-        if start is not None:
-            hidden = prepared.states[k]["hidden"][start]
+        if start is None:
+            return self.forward(rows, site, featurizer, source, pos)
+        hidden = prepared.states[k]["hidden"][start]
+        if self.adapter.block_index(site) == start:  # the block's input: written before the suffix runs
             return self.adapter.run_suffix(prepared.states[k], start, _patch(hidden, pos, featurizer, source), rows, pos)
-        return self.forward(rows, site, featurizer, source, pos)
+        # inside block `start`: hooked while the suffix runs, which may recompute only the last positions
+        T = hidden.shape[1]
+        handle = self.adapter.hook(site, lambda h: _patch(h, pos - (T - h.shape[-2]), featurizer, source))
+        try:
+            return self.adapter.run_suffix(prepared.states[k], start, hidden, rows, pos)
+        finally:
+            handle.remove()
 
     def forward(self, batch: Batch, site: Site, featurizer: Featurizer, source: torch.Tensor,
                 pos: torch.Tensor | None = None) -> torch.Tensor:

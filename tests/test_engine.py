@@ -285,3 +285,24 @@ def test_prefix_states_come_under_the_memory_bound(tokenizer):
         else:
             assert engine.store.disk_bytes == 0 and engine.store.memory_bytes > hidden.numel() * 4
     torch.testing.assert_close(runs[0], runs[None], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_sites_inside_a_block_run_as_suffixes_equal_to_a_full_forward(tiny_lm, tokenizer, reuse):
+    """A sublayer's output or a head: the suffix starts at its block's cached input with the site hooked
+    (only the recomputed positions seen, with key/value reuse); the logits are the hooked full forward's."""
+    family, model = tiny_lm
+    adapter, task, ds, engine, bases, sources = _setup(model, tokenizer)
+    adapter.reuse_kv = reuse and adapter.reuse_kv
+    sites = [cv.Site(1, "io", "attn_out"), cv.Site(0, "s2", "mlp_out"), cv.Site(2, "last", "attn_out"),
+             cv.Site(1, "io", "head", head=3), cv.Site(2, "last", "head", head=0)]
+    _, acts = engine.capture(sources, sites)
+    prepared = engine.prepare(bases, sites)
+    assert [prepared.starts[s] for s in sites] == [1, 0, 2, 1, 2]
+    unpatched, changed = engine.capture(bases, [])[0], []
+    for s in sites:
+        f = Neurons().build(acts[s].shape[-1])
+        full = torch.cat([engine.forward(b, s, f, acts[s][c]) for b, c in zip(prepared.batches, prepared.slices)])
+        torch.testing.assert_close(engine.run(prepared, s, f, acts[s]), full.float().cpu(), atol=2e-5, rtol=1e-5)
+        changed.append(not torch.allclose(full.float().cpu(), unpatched, atol=1e-4))
+    assert changed[2] and changed[4]  # the last block's writes at the read position reach the logits

@@ -213,6 +213,12 @@ class Adapter:
         i = self.block_paths.index(path)
         return i + 1 if site.component == "resid_post" else i
 
+    def inner_block(self, site: Site) -> int | None:
+        """The index j of the block that computes this site's activation inside itself (a sublayer's output,
+        a head), when suffix execution can start at block j's cached input with the site hooked; else
+        ``None``. The hook then sees only the positions ``run_suffix`` recomputes (the last ones)."""
+        return None
+
     def forward(self, batch: Batch) -> torch.Tensor:
         """Logits the task reads: ``[n, n_classes]`` (at ``batch.read`` for sequence models)."""
         raise NotImplementedError

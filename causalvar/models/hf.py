@@ -190,6 +190,13 @@ class HFModel(Adapter):
         sub = attn if site.component == "attn_out" else _child(block, _MLP_ATTRS, f"the MLP of block {site.layer}")
         return hook_module(sub, "output", fn)
 
+    def inner_block(self, site: Site) -> int | None:
+        """A sublayer's output or a head (int layer) is computed inside its decoder block: a suffix run
+        starts at that block's cached input with the site hooked."""
+        if site.component in ("attn_out", "mlp_out", "head") and isinstance(site.layer, int):
+            return site.layer % self.n_layers
+        return None
+
     def _logits(self, normed: torch.Tensor, read: torch.Tensor) -> torch.Tensor:
         """``normed: [n, seq, d]`` -> vocabulary logits at ``read: [n]`` -> ``[n, vocab]``."""
         h = normed[torch.arange(len(read), device=normed.device), read.to(normed.device)]
