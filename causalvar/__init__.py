@@ -9,6 +9,7 @@ from .patching import patch
 from .metrics import Metric, MetricError, clopper_pearson, epsilon_bound, iia
 from .models import HFModel, ModelError, TLModel, TorchModel, as_adapter, load_model
 from .results import Results
+from .sae_eval import DictionaryResults, evaluate_dictionaries
 from .runstore import RunFolderError
 from .sites import Site
 from .splits import TooFewPairsError, task_accuracy
@@ -22,4 +23,4 @@ __all__ = ["CausalModel", "CausalModelError", "CounterfactualDataset", "Counterf
            "epsilon_bound", "iia", "HFModel", "ModelError", "TLModel", "TorchModel", "as_adapter", "load_model",
            "Results", "RunFolderError", "Site", "TooFewPairsError", "task_accuracy", "Cell", "InProcessExecutor",
            "run_cell", "PromptTask", "Task", "word", "TrainingError", "fit", "patch", "Interpretation",
-           "InterpretationError", "Step", "ValidationResults", "validate", "metrics", "patching", "sweep", "tasks"]
+           "InterpretationError", "Step", "ValidationResults", "validate", "metrics", "patching", "sweep", "tasks", "evaluate_dictionaries", "DictionaryResults"]

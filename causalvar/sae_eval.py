@@ -1,0 +1,687 @@
+"""Dictionaries against supervised ones: Makelov, Lange & Nanda's three tests at one site (``REFERENCE.md`` §3).
+
+For every dictionary (a featurizer: neurons, PCA, an SAE, DAS, a supervised dictionary, ...) at a site:
+
+- **approximation**: *sufficiency* — the task's logit difference LD = logit(r) − logit(r′) with the
+  reconstruction ``â`` written in, ``mean LD_â / mean LD_clean``; *necessity* — with ``E[a] + (a − â)``
+  written in, ``1 − |mean LD_ablated − mean LD| / |mean LD_ablated − mean LD_clean|`` (``E[a]``: the mean
+  activation of the fit prompts, written in alone for LD_ablated);
+- **control**: edit attribute i from v to v′ on each test prompt and score the agreement of the
+  prediction with the real counterfactual patch (the activation of the prompt with the attribute changed,
+  written at the site). A supervised dictionary removes feature (i, v) and adds (i, v′); other dictionaries
+  change at most k features, chosen greedily to bring the base's features closest to the target's; those
+  trained by interventions (DAS, DBM) are trained for each attribute and edit by their own interchange. Each
+  edit's magnitude is the share of the base reconstruction's weight it removes (weights
+  ``f_i u_iᵀ(â − b) / ‖â − b‖²``, ``b`` = the reconstruction of zero features, summing to 1);
+- **interpretability**: the F1 score of each feature's active set (f > 0) against each attribute value;
+  the best-matching feature per value; *occlusion* (an attribute whose real patch moves LD, that no
+  feature covers) and *over-splitting* (an attribute whose values are each split over several precise
+  features, none covering) flagged.
+
+A thin layer over the sweep: every scored intervention is a ``Cell`` of the full-vector write
+(``Neurons()``) whose source is the activation the test writes (as in ``patching``), handed to the executor,
+so it runs batched with the engine's suffix execution and key/value reuse.
+"""
+from __future__ import annotations
+
+import copy
+import numbers
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+
+import torch
+
+from featurizers import Featurizer, FeaturizerError, Neurons, SupervisedDictionary
+
+from .counterfactuals import CounterfactualDataset
+from .engine import Engine
+from .metrics import Metric, MetricError, logit_diff
+from .models import as_adapter
+from .models.base import Batch
+from .results import Results
+from .sites import Site
+from .splits import Split, build_splits, warn_no_effect
+from .sweep import Cell, InProcessExecutor, SweepData, cell_featurizer, trained
+from .train import check_count, check_training, train
+
+#: an attribute value is covered by a feature whose F1 against it reaches this (the paper's usual threshold)
+F1_COVER = 0.8
+#: below this best F1 no feature covers an attribute: occluded, where the attribute matters
+F1_CAUSAL = 0.6
+#: a feature is about a value when at least this share of the prompts it fires on show the value
+PRECISE = 0.8
+#: an attribute matters when its real patch moves LD by at least this share of mean |LD_clean|
+MATTERS = 0.1
+#: over-split: at least this many precise features per value, none of them covering it
+SPLIT = 2.0
+
+
+class DictionaryError(ValueError):
+    """An evaluation of dictionaries that cannot run as asked, said in the user's terms."""
+
+
+# ------------------------------------------------------------------------------------------ metrics
+def _bootstrap(value: Callable, arrays: Sequence[torch.Tensor], confidence: float, resamples: int = 1000):
+    """The ``confidence`` percentile interval of ``value(*arrays resampled by row)``."""
+    n = len(arrays[0])
+    idx = torch.randint(n, (resamples, n), generator=torch.Generator().manual_seed(0))
+    boot = torch.stack([value(*(a.double()[i] for a in arrays)) for i in idx])
+    a = (1 - confidence) / 2
+    return float(boot.quantile(a)), float(boot.quantile(1 - a))
+
+
+class _LD(Metric):
+    """Per-row ``LD = logit[r] − logit[r′]`` ``[n]`` of the written-in run, with fixed answer ids ``r, r2: [n]``."""
+
+    def __init__(self, r: torch.Tensor, r2: torch.Tensor, clean: torch.Tensor, ablated: torch.Tensor):
+        self.r, self.r2, self.clean, self.ablated = r, r2, clean.double(), ablated.double()
+
+    def score(self, out) -> torch.Tensor:
+        return logit_diff(out.need("logits", self).float(), self.r, self.r2).cpu()
+
+    def value(self, scores, out) -> float:
+        return float(self._ratio(scores.double(), self.clean, self.ablated))
+
+    def interval(self, scores, out, confidence=0.95):
+        return _bootstrap(self._ratio, [scores, self.clean, self.ablated], confidence)
+
+
+class Sufficiency(_LD):
+    """``mean LD / mean LD_clean``: 1 when the written-in reconstruction keeps the clean logit difference."""
+
+    name = "sufficiency"
+
+    @staticmethod
+    def _ratio(ld, clean, ablated):
+        if abs(float(clean.mean())) < 1e-9:
+            raise MetricError("the clean runs' mean logit difference is 0: sufficiency is undefined; choose "
+                              "another contrast answer")
+        return ld.mean() / clean.mean()
+
+
+class Necessity(_LD):
+    """``1 − |mean LD_ablated − mean LD| / |mean LD_ablated − mean LD_clean|``: 1 when writing ``E[a] + (a − â)``
+    behaves like the mean ablation (the error carries nothing), 0 when it behaves like the clean run."""
+
+    name = "necessity"
+
+    @staticmethod
+    def _ratio(ld, clean, ablated):
+        gap = ablated.mean() - clean.mean()
+        if abs(float(gap)) < 1e-9:
+            raise MetricError("the mean ablation leaves the mean logit difference as it is: necessity is "
+                              "undefined at this site")
+        return 1 - (ablated.mean() - ld.mean()).abs() / gap.abs()
+
+
+class EditAgreement(Metric):
+    """Bool ``[n]``: the edited run predicts what the real counterfactual patch predicts (``reference: [n]``)."""
+
+    name = "edit_accuracy"
+
+    def __init__(self, reference: torch.Tensor):
+        self.reference = reference
+
+    def score(self, out) -> torch.Tensor:
+        return out.need("logits", self).argmax(-1).cpu() == self.reference
+
+
+# ------------------------------------------------------------------------------------------ checks
+def _check_attributes(cm, attributes) -> list[str]:
+    attributes = [attributes] if isinstance(attributes, str) else list(attributes or [])
+    if not attributes:
+        raise DictionaryError(f"attributes must name the causal model's variables to evaluate, e.g. "
+                              f"{list(cm.variables)[:3]}")
+    for a in attributes:
+        if a not in cm.variables:
+            raise DictionaryError(f"unknown attribute {a!r}; the causal model's variables are {list(cm.variables)}")
+        if a == cm.output:
+            raise DictionaryError(f"{a!r} is the causal model's output; attributes are the variables it is computed from")
+    if len(set(attributes)) != len(attributes):
+        raise DictionaryError(f"attributes repeat: {attributes}")
+    return attributes
+
+
+def _check_dictionaries(dictionaries) -> dict[str, Featurizer]:
+    items = (list(dictionaries.items()) if isinstance(dictionaries, Mapping)
+             else [(getattr(f, "name", None), f) for f in ([dictionaries] if isinstance(dictionaries, Featurizer)
+                                                          else list(dictionaries or []))])
+    if not items:
+        raise DictionaryError("dictionaries is empty; pass featurizers, e.g. [SupervisedDictionary(), SAE(k=16), Neurons()]")
+    for label, f in items:
+        if isinstance(f, type):
+            raise DictionaryError(f"dictionary {f.__name__} is a class; pass an instance, e.g. {f.__name__}()")
+        if not isinstance(f, Featurizer):
+            raise DictionaryError(f"dictionaries must be featurizers (e.g. SAE(k=16), Neurons()), got {f!r}")
+        if trained(f):
+            raise DictionaryError(f"{label} is already trained; dictionaries that learn from interventions are "
+                                  "trained here for each attribute: pass an untrained one (featurizer.clone())")
+    labels = [label for label, _ in items]
+    if len(set(labels)) != len(labels):
+        raise DictionaryError(f"dictionaries need distinct names, got {labels}; pass {{name: featurizer}} to name "
+                              "them (e.g. a task-trained and a generic SAE)")
+    return dict(items)
+
+
+def _check_site(site, adapter) -> Site:
+    if isinstance(site, tuple):
+        site = Site(*site)
+    if not isinstance(site, Site):
+        raise DictionaryError(f"site must be a cv.Site (e.g. cv.Site(18, 's2')) or a (layer, position) pair, got {site!r}")
+    adapter.module_path(site)  # a layer outside the model: an error naming its blocks
+    return site
+
+
+def _contrast(task, contrast, values: list[dict], clean: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """r′ ``[n]``: the answer ids the logit difference counts against."""
+    if contrast is None:  # the clean run's best class other than the answer
+        return clean.float().scatter(1, r[:, None], float("-inf")).argmax(-1)
+    if isinstance(contrast, str):
+        return task.targets([v[contrast] for v in values])
+    return task.targets([contrast(v) for v in values])
+
+
+# ------------------------------------------------------------------------------------------ edits
+def _single_input_edit(cm, attribute: str, others: Sequence[str]) -> Callable:
+    """A generator ``(base, rng) -> source``: the base with one input changed so that ``attribute`` changes
+    and ``others`` keep their values (inputs in random order, values in random order, those no other input
+    holds first, so two names stay distinct); ``None`` when no single-input change does it."""
+    def edit(base, rng):
+        run = cm.run(base)
+        for name in rng.sample(list(cm.inputs), len(cm.inputs)):
+            taken = [v for k, v in base.items() if k != name]
+            free = [v for v in cm.inputs[name] if v not in taken]
+            held = [v for v in cm.inputs[name] if v in taken]
+            for value in rng.sample(free, len(free)) + rng.sample(held, len(held)):
+                if value == base[name]:
+                    continue
+                new = cm.run({**base, name: value})
+                if new[attribute] != run[attribute] and all(new[o] == run[o] for o in others):
+                    return {**base, name: value}
+        return None
+    return edit
+
+
+def _targets(cm, attribute: str, attributes: Sequence[str], bases: list[dict], gen, rng) -> list[dict]:
+    """The edited prompt of each base: ``attribute`` changed, the other attributes kept (refused otherwise)."""
+    others = [a for a in attributes if a != attribute]
+    gen = gen or _single_input_edit(cm, attribute, others)
+    out = []
+    for i, b in enumerate(bases):
+        t = gen(dict(b), rng)
+        if t is None:
+            raise DictionaryError(f"no change of a single input edits attribute {attribute!r} alone in example {i} "
+                                  f"{dict(b)}; pass edits={{{attribute!r}: generator}}, a function (base, rng) -> "
+                                  "the base with that attribute changed")
+        t = {k: t[k] for k in cm.inputs}
+        vb, vt = cm.run(b), cm.run(t)
+        changed = [o for o in others if vb[o] != vt[o]]
+        if vb[attribute] == vt[attribute] or changed:
+            what = (f"leaves {attribute!r} at {vb[attribute]!r}" if vb[attribute] == vt[attribute]
+                    else f"also changes {changed}")
+            raise DictionaryError(f"the edit of attribute {attribute!r} {what} on example {i} {dict(b)} -> {t}; an "
+                                  "edit changes that attribute alone")
+        out.append(t)
+    return out
+
+
+def _values(cm, settings: list[dict], attributes: Sequence[str]) -> dict[str, list]:
+    runs = [cm.run(s) for s in settings]
+    return {a: [v[a] for v in runs] for a in attributes}
+
+
+def _check_supervised_values(fit: dict[str, list], others: list[dict[str, list]], n_fit: int) -> None:
+    """Every value of the test and edited prompts must have an atom, i.e. occur among the fit prompts."""
+    for a, seen in fit.items():
+        known = set(seen)
+        for vals in others:
+            missing = sorted({repr(v) for v in vals[a] if v not in known})
+            if missing:
+                raise DictionaryError(f"attribute {a!r} takes the values {missing[:5]} on test or edited prompts, but "
+                                      f"never on the n_fit={n_fit} fit prompts, so a supervised dictionary has no atom "
+                                      "for them; raise n_fit")
+
+
+# ------------------------------------------------------------------------------------------ features
+def _atoms(feat: Featurizer, f: torch.Tensor) -> torch.Tensor:
+    """``W: [K, d]`` with ``decode(f, 0) = decode(0, 0) + f W`` (checked on the rows ``f: [n, K]``)."""
+    K, d = f.shape[-1], feat.d
+    zero = torch.zeros(1, d)
+    b = feat.decode(torch.zeros(1, K), zero)
+    W = torch.cat([feat.decode(rows, zero.expand(len(rows), d)) - b for rows in torch.eye(K).split(1024)])
+    recon = feat.decode(f, torch.zeros(len(f), d))
+    if not torch.allclose(b + f @ W, recon, atol=1e-3 * max(1.0, float(recon.abs().max())), rtol=0):
+        raise DictionaryError(f"{feat.name}'s decode is not affine in its features; the greedy edit needs atoms")
+    return W
+
+
+def _coding(feat: Featurizer, h: torch.Tensor, values: dict[str, list]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features ``[n, K]`` and error ``[n, d]`` of ``h: [n, d]``: a supervised dictionary's code of the
+    known values, every other dictionary's ``encode``."""
+    if isinstance(feat, SupervisedDictionary):
+        f = feat.code(values)
+        return f, h - feat.decode(f, torch.zeros_like(h))
+    return feat.encode(h)
+
+
+def _greedy(delta: torch.Tensor, W: torch.Tensor, target: torch.Tensor, k: int) -> list[torch.Tensor]:
+    """Masks ``[n, K]`` after 1..k greedy steps: at each step the feature whose change ``delta_i W_i`` (from
+    the base's value to the target's) best reduces ``‖Σ_chosen delta_i W_i − target‖`` (``target = h_t − h_b``);
+    a row stops when no change helps."""
+    res, norms = target.clone(), (W * W).sum(-1)
+    mask = torch.zeros_like(delta, dtype=torch.bool)
+    rows, masks = torch.arange(len(delta)), []
+    for _ in range(k):
+        gain = 2 * delta * (res @ W.T) - delta ** 2 * norms
+        gain[mask] = float("-inf")
+        best, i = gain.max(-1)
+        go = best > 1e-9 * (target * target).sum(-1).clamp(min=1e-12)
+        mask = mask.clone()
+        mask[rows[go], i[go]] = True
+        res = res - torch.where(go[:, None], delta[rows, i][:, None] * W[i], torch.zeros_like(res))
+        masks.append(mask)
+    return masks
+
+
+def _magnitude(f_b: torch.Tensor, W: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per row ``[n]``: the share of the base reconstruction's weight on the masked features."""
+    s = f_b @ W  # â − b: [n, d]
+    weight = f_b * (s @ W.T) / (s * s).sum(-1, keepdim=True).clamp(min=1e-12)
+    return (weight * mask).sum(-1)
+
+
+def _f1_tables(f: torch.Tensor, values: dict[str, list]) -> dict[str, dict]:
+    """Per attribute: F1, precision and recall ``[K, V]`` of each feature's active set (f > 0) against each
+    value's prompts, and the values."""
+    active = (f > 1e-6 * float(f.abs().max().clamp(min=1e-12))).double()  # [n, K]: f > 0 up to rounding
+    out = {}
+    for a, vals in values.items():
+        distinct = sorted(set(vals), key=lambda v: (str(type(v)), v))
+        P = torch.tensor([[v == u for u in distinct] for v in vals], dtype=torch.float64)  # [n, V]
+        hit = active.T @ P  # [K, V]
+        n_act, n_val = active.sum(0)[:, None], P.sum(0)[None, :]
+        out[a] = {"values": distinct, "f1": 2 * hit / (n_act + n_val).clamp(min=1),
+                  "precision": hit / n_act.clamp(min=1), "recall": hit / n_val.clamp(min=1)}
+    return out
+
+
+# ------------------------------------------------------------------------------------------ runs
+def _scored(engine: Engine, split: Split, site: Site, kind: str, metric: Metric, writes: dict, executor,
+            progress: bool) -> dict:
+    """Each activation of ``writes`` ({key: [n, d]}) written at ``site`` into the split's bases: one cell of
+    the full-vector write, with one test split per key, run by the executor; ``{key: its row}``."""
+    tests = {key: replace(split, sources={site: h}) for key, h in writes.items()}
+    data = SweepData(engine, split, None, tests, [metric], n_train=0)
+    (result,) = list(executor.run([Cell(kind, Neurons(), site)], data, None, progress, desc=kind))
+    return {row["dataset"]: row for row in result.rows}
+
+
+def _row(dictionary, attribute, test, value, n, lo=None, hi=None, baseline=None, **extra) -> dict:
+    return {"dictionary": dictionary, "attribute": attribute, "test": test, "value": value, "n": n,
+            "ci_low": lo, "ci_high": hi, "baseline": baseline, **extra}
+
+
+def _from(row: dict, name: str, dictionary: str, attribute, test: str, **extra) -> dict:
+    return _row(dictionary, attribute, test, row[name], row["n"], row["ci_low"], row["ci_high"], row["baseline"],
+                **extra)
+
+
+def _check_k(edit_k) -> list[int]:
+    ks = [edit_k] if isinstance(edit_k, numbers.Integral) else list(edit_k or [])
+    if not ks or not all(isinstance(k, numbers.Integral) and not isinstance(k, bool) and k >= 1 for k in ks):
+        raise DictionaryError(f"edit_k must be positive ints (the most features an edit changes), got {edit_k!r}")
+    return sorted(set(int(k) for k in ks))
+
+
+def _ready(dicts: dict[str, Featurizer], d: int, site: Site, attributes: Sequence[str]) -> dict[str, Featurizer]:
+    """Each dictionary as it will be scored (a fitted one as is, else a fresh clone), built for size ``d``:
+    one that cannot act on the site, or a fitted supervised one without the attributes, is refused."""
+    out = {}
+    for label, f in dicts.items():
+        g = cell_featurizer(f)
+        try:
+            g.build(d)
+            if isinstance(g, SupervisedDictionary) and g.fitted:
+                for a in attributes:
+                    g.atoms_of(a)
+        except ValueError as e:
+            raise DictionaryError(f"dictionary {label} cannot act on site {site}, whose activations have size {d}: "
+                                  f"{e}") from e
+        out[label] = g
+    return out
+
+
+def _trained(engine: Engine, task, feat: Featurizer, site: Site, attribute: str, bases, sources, seed: int,
+             epochs: int, lr: float, train_batch_size: int, progress: bool) -> Featurizer:
+    """A clone of ``feat`` trained with the interchange objective on the pairs (base, the base with
+    ``attribute`` edited), labelled by the causal model."""
+    cm = task.causal_model
+    out = cm.output
+    ds = CounterfactualDataset(attribute, list(bases), list(sources),
+                               [cm.interchange(b, {attribute: s})[out] for b, s in zip(bases, sources)],
+                               [cm.run(b)[out] for b in bases], [cm.run(s)[out] for s in sources], name="edits")
+    warn_no_effect(attribute, [ds], out)
+    (split,), _ = build_splits(engine, task, ds, [site], [None], seed=seed, filter_correct=False,
+                               batch_sizes=[train_batch_size])
+    torch.manual_seed(seed)
+    g = feat.clone().build(split.sources[site].shape[-1])
+    if g.learns_from_activations:
+        g.fit_activations(torch.cat([split.bases[site], split.sources[site]]))
+    train(engine, g, site, split, None, epochs=epochs, lr=lr, seed=seed, progress=progress,
+          desc=f"train {g.name} for {attribute}")
+    return g
+
+
+@torch.no_grad()
+def evaluate_dictionaries(model, task, site, attributes: str | Sequence[str],
+                          dictionaries: Featurizer | Sequence[Featurizer] | Mapping[str, Featurizer],
+                          n_fit: int, n_test: int, edit_k: int | Sequence[int] = (2, 4, 6), seed: int = 0,
+                          edits: Mapping[str, Callable] | None = None, contrast: str | Callable | None = None,
+                          batch_size: int = 64, epochs: int = 2, lr: float = 1e-2, train_batch_size: int = 32,
+                          progress: bool = True, executor=None) -> "DictionaryResults":
+    """Makelov et al.'s three tests of each dictionary at ``site``, against supervised ones (module doc).
+
+    Args:
+        model: a torch module, an adapter (``cv.load_model(...)``) or a model name. task: a ``cv.Task`` or
+            ``cv.PromptTask`` whose network answers with its logits.
+        site: a ``cv.Site`` (e.g. ``cv.Site(18, "s2")``) or a (layer, position) pair.
+        attributes: the causal model's variables to test (IOI: ``output_token`` — the IO's name,
+            ``subject`` — the S name, ``output_position`` — the order).
+        dictionaries: featurizers (``[SupervisedDictionary(), SAE(k=16), Neurons(), PCA(), DAS(dim=32)]``), or
+            ``{name: featurizer}`` to name them. Unfitted ones are fitted on the fit prompts' activations at the
+            site (supervised ones with the attributes' values; an SAE is trained by sae-lens); fitted ones
+            (an SAE trained on ``generic_activations``, one loaded from disk) are scored as they are; those
+            that learn from interventions (DAS, DBM) are trained for each attribute on the fit prompts' edits
+            (``epochs``, ``lr``, ``train_batch_size``: AdamW on the featurizer, the task's objective).
+        n_fit, n_test: prompts drawn from the causal model (``seed``) to fit on and to test on.
+        edit_k: the most features a greedy edit changes (one row per k).
+        edits: ``{attribute: generator}``, a function ``(base, rng) -> the base's inputs with that attribute
+            changed`` and the other attributes kept; default: the task's ``edits`` where it has them, else the
+            first change of a single input that does it (to a value no other input holds where there is one).
+        contrast: r′ of the logit difference: a causal-model variable (IOI: ``"subject"``), a function of a
+            prompt's variable values giving an output value, or ``None``: the clean run's best other class.
+        batch_size: rows per forward. executor: runs the cells (default ``cv.sweep.InProcessExecutor()``).
+    Returns: ``DictionaryResults``: ``table`` (dictionary, attribute, test, value, n, ci_low, ci_high, baseline,
+    k, edit) with the tests ``sufficiency``, ``necessity`` (bootstrap intervals), ``edit_accuracy@k``
+    (Clopper–Pearson; baseline = the agreement with no edit), ``edit_magnitude@k``, ``f1``, ``features`` (precise
+    features per value), ``occluded``, ``over_split`` and, for dictionary ``patch``, the real patch's
+    ``effect`` (mean |ΔLD| / mean |LD_clean|); ``best_features`` (the best-matching feature of each value);
+    ``figure(path)``; ``save(dir)``.
+    """
+    for name, value, low, what in (("n_fit", n_fit, 1, "prompts to fit on"), ("n_test", n_test, 1, "prompts to test on"),
+                                   ("seed", seed, 0, "the same seed gives the same table"),
+                                   ("batch_size", batch_size, 1, "rows per forward")):
+        check_count(name, value, low, what)
+    check_training(epochs, lr, 0.0, train_batch_size=train_batch_size)
+    ks = _check_k(edit_k)
+    adapter = as_adapter(model)
+    site = _check_site(site, adapter)
+    cm = task.causal_model
+    attributes = _check_attributes(cm, attributes)
+    dicts = _check_dictionaries(dictionaries)
+    edits = dict(edits or {})
+    if set(edits) - set(attributes):
+        raise DictionaryError(f"edits names {sorted(set(edits) - set(attributes))}, which are not among the "
+                              f"attributes {attributes}")
+    gens = {a: edits.get(a) or dict(getattr(task, "edits", None) or {}).get(a) for a in attributes}
+    if isinstance(contrast, str) and contrast not in cm.variables:
+        raise DictionaryError(f"contrast {contrast!r} is not a variable of the causal model {list(cm.variables)}")
+    executor = executor or InProcessExecutor()
+
+    settings = cm.sample(n_fit + n_test, seed=seed)
+    fit_s, test_s = settings[:n_fit], settings[n_fit:]
+    rng = random.Random(seed)
+    targets = {a: _targets(cm, a, attributes, test_s, gens[a], rng) for a in attributes}
+    interventional = [label for label, f in dicts.items() if f.learns_from_interventions]
+    fit_targets = {a: _targets(cm, a, attributes, fit_s, gens[a], rng) for a in attributes} if interventional else {}
+    fit_vals, test_vals = _values(cm, fit_s, attributes), _values(cm, test_s, attributes)
+    target_vals = {a: _values(cm, t, attributes) for a, t in targets.items()}
+    if any(isinstance(f, SupervisedDictionary) and not f.fitted for f in dicts.values()):
+        _check_supervised_values(fit_vals, [test_vals, *target_vals.values()], n_fit)
+    test_batch = task.encode(test_s)
+    test_batch.position(site.position)  # an unknown position fails before any forward
+
+    engine = Engine(adapter, batch_size=batch_size)
+    h_fit = engine.capture(task.encode(fit_s), [site])[1][site]
+    d = h_fit.shape[-1]
+    feats = _ready(dicts, d, site, attributes)
+    clean, test_acts, whole = engine.capture_prepared(test_batch, [site])
+    h = test_acts[site]
+    h_t = {a: engine.capture(task.encode(t), [site])[1][site] for a, t in targets.items()}
+    runs = [cm.run(s) for s in test_s]
+    labels = [v[cm.output] for v in runs]
+    r = task.targets(labels)
+    r2 = _contrast(task, contrast, runs, clean, r)
+    n = n_test
+    split = Split(task, engine.take(whole, torch.arange(n)), {site: h}, {site: h}, labels, labels, [None] * n,
+                  [None] * n, list(range(n)), clean, clean)
+    full, mean = Neurons().build(d), h_fit.mean(0)
+    ld = lambda logits: logit_diff(logits.float(), r, r2).cpu()
+    ld_clean = ld(clean)
+    ld_ablated = ld(engine.run(split.prepared, site, full, mean.expand(n, d).contiguous()))
+    patched = {a: engine.run(split.prepared, site, full, h_t[a]) for a in attributes}
+
+    torch.manual_seed(seed)
+    for f in feats.values():
+        if isinstance(f, SupervisedDictionary) and not f.fitted:
+            f.fit_activations(h_fit, fit_vals)
+        elif f.learns_from_activations and not f.learns_from_interventions and not f.fitted:
+            with torch.enable_grad():
+                f.fit_activations(h_fit)
+    per_attribute = {}
+    for label in interventional:
+        for a in attributes:
+            with torch.enable_grad():
+                per_attribute[label, a] = _trained(engine, task, feats[label], site, a, fit_s, fit_targets[a], seed,
+                                                   epochs, lr, train_batch_size, progress)
+
+    rows, matches = [], []
+    approx = {label: f.eval() for label, f in feats.items() if label not in interventional}
+    codes = {label: _coding(f, h, test_vals) for label, f in approx.items()}
+    if approx:
+        suff = _scored(engine, split, site, "sufficiency", Sufficiency(r, r2, ld_clean, ld_ablated),
+                       {label: h - e for label, (_, e) in codes.items()}, executor, progress)
+        nec = _scored(engine, split, site, "necessity", Necessity(r, r2, ld_clean, ld_ablated),
+                      {label: mean + e for label, (_, e) in codes.items()}, executor, progress)
+        for label in approx:
+            rows += [_from(suff[label], "sufficiency", label, None, "sufficiency"),
+                     _from(nec[label], "necessity", label, None, "necessity")]
+    effect = {a: float((ld(patched[a]) - ld_clean).abs().mean() / ld_clean.abs().mean().clamp(min=1e-12))
+              for a in attributes}
+    rows += [_row("patch", a, "effect", effect[a], n) for a in attributes]
+
+    for a in attributes:
+        writes, magnitudes, kinds = {}, {}, {}
+        for label, f in feats.items():
+            if label in interventional:
+                g = per_attribute[label, a].eval()
+                fb = g.encode(h)[0]
+                m = g.mask()
+                m = torch.ones(fb.shape[-1], dtype=torch.bool) if m is None else m.cpu()
+                key = (label, int(m.sum()))
+                writes[key], kinds[key] = g.interchange(h, h_t[a]), "interchange"
+                magnitudes[key] = _magnitude(fb, _atoms(g, fb), m.expand_as(fb))
+                continue
+            fb, eb = codes[label]
+            W = _atoms(f, fb)
+            if isinstance(f, SupervisedDictionary):
+                ft = f.code(target_vals[a])
+                steps, kind = {2: fb != ft}, "supervised"
+            else:
+                ft = f.encode(h_t[a])[0]
+                masks = _greedy(ft - fb, W, h_t[a] - h, max(ks))
+                steps, kind = {k: masks[k - 1] for k in ks}, "greedy"
+            for k, m in steps.items():
+                writes[label, k] = f.decode(torch.where(m, ft, fb), eb)
+                magnitudes[label, k], kinds[label, k] = _magnitude(fb, W, m), kind
+        scored = _scored(engine, split, site, f"edit {a}", EditAgreement(patched[a].argmax(-1)), writes, executor,
+                         progress)
+        for (label, k), row in scored.items():
+            mag = magnitudes[label, k].double()
+            half = 1.96 * float(mag.std()) / n ** 0.5 if n > 1 else float("inf")
+            rows += [_from(row, "edit_accuracy", label, a, f"edit_accuracy@{k}", k=k, edit=kinds[label, k]),
+                     _row(label, a, f"edit_magnitude@{k}", float(mag.mean()), n, float(mag.mean()) - half,
+                          float(mag.mean()) + half, k=k, edit=kinds[label, k])]
+
+    for label, (fb, _) in codes.items():
+        for a, t in _f1_tables(fb, test_vals).items():
+            best, feature = t["f1"].max(0)  # per value [V]
+            f1 = float(best.mean())
+            precise = float(((t["precision"] >= PRECISE) & (t["recall"] >= 0.05)).sum(0).double().mean())
+            rows += [_row(label, a, "f1", f1, n), _row(label, a, "features", precise, n),
+                     _row(label, a, "occluded", float(effect[a] >= MATTERS and f1 < F1_CAUSAL), n),
+                     _row(label, a, "over_split", float(f1 < F1_COVER and precise >= SPLIT), n)]
+            matches += [{"dictionary": label, "attribute": a, "value": v, "feature": int(j), "f1": float(best[i]),
+                         "precision": float(t["precision"][j, i]), "recall": float(t["recall"][j, i])}
+                        for i, (v, j) in enumerate(zip(t["values"], feature.tolist()))]
+
+    meta = {"model": type(adapter.module).__name__, "task": task.name, "site": str(site), "layer": site.layer,
+            "position": site.position, "component": site.component, "attributes": attributes,
+            "dictionaries": {label: {"class": type(f).__name__, "config": f.config()} for label, f in dicts.items()},
+            "n_fit": n_fit, "n_test": n_test, "edit_k": ks, "seed": seed, "batch_size": batch_size,
+            "contrast": contrast if contrast is None or isinstance(contrast, str) else getattr(contrast, "__name__", "fn"),
+            "accuracy": float(task.correct(clean, labels).float().mean()), "ld_clean": float(ld_clean.mean()),
+            "ld_ablated": float(ld_ablated.mean()), "effect": effect,
+            "thresholds": {"f1_cover": F1_COVER, "f1_causal": F1_CAUSAL, "precise": PRECISE, "matters": MATTERS,
+                           "split": SPLIT}, "lower_is_better": False, "metric": "value"}
+    fitted = {("all", label, site.layer, site.position): f for label, f in approx.items()}
+    fitted.update({(a, label, site.layer, site.position): g for (label, a), g in per_attribute.items()})
+    return DictionaryResults(rows, meta, fitted, matches)
+
+
+@torch.no_grad()
+def generic_activations(model, layer: int, n_prompts: int = 64, n_tokens: int = 32, seed: int = 0,
+                        component: str = "resid_post", batch_size: int = 32) -> torch.Tensor:
+    """Activations ``[n_prompts · (n_tokens − 1), d]`` of generic text at ``layer`` (``component``), every token
+    but the first: text the language model writes itself, built offline — greedy continuations of three
+    random words of its own vocabulary (``seed``) to ``n_tokens`` tokens. What an SAE trained "on the full
+    distribution" sees, beside one trained on a task's activations: ``SAE(k=16).fit_activations(
+    generic_activations(lm, 18))``."""
+    check_count("n_prompts", n_prompts, 1, "generated texts")
+    check_count("n_tokens", n_tokens, 4, "tokens per text, three of them the seed words")
+    adapter = as_adapter(model)
+    tok = getattr(adapter, "tokenizer", None)
+    if tok is None or not hasattr(adapter, "generate"):
+        raise DictionaryError("generic_activations needs a language model with a tokenizer (cv.load_model(...), "
+                              f"cv.HFModel), got {type(adapter).__name__}")
+    adapter.module_path(Site(layer))
+    words = sorted(i for i in tok.get_vocab().values() if _is_word(tok.decode([i])))
+    if len(words) < 3:
+        raise DictionaryError("the tokenizer's vocabulary holds fewer than three whole lower-case words")
+    rng = random.Random(seed)
+    ids = torch.tensor([rng.sample(words, 3) for _ in range(n_prompts)])
+    engine = Engine(adapter, batch_size=batch_size)
+    seeds = _plain_batch(ids)
+    more = torch.cat([adapter.generate(seeds.select(c).to(adapter.device), n_tokens - 3).cpu()
+                      for c in engine._chunks(n_prompts)])
+    sites = [Site(layer, i, component) for i in range(1, n_tokens)]
+    _, acts = engine.capture(_plain_batch(torch.cat([ids, more], 1)), sites)
+    return torch.cat([acts[s] for s in sites])
+
+
+def _is_word(text: str) -> bool:
+    return text.startswith(" ") and len(text) >= 4 and text[1:].isalpha() and text[1:].islower()
+
+
+def _plain_batch(ids: torch.Tensor) -> Batch:
+    """Unpadded token ids ``[n, T]`` as a ``Batch`` read at the last token."""
+    n, T = ids.shape
+    last = torch.full((n,), T - 1)
+    return Batch({"input_ids": ids, "attention_mask": torch.ones_like(ids),
+                  "position_ids": torch.arange(T).expand(n, T).contiguous()},
+                 {"first": torch.zeros(n, dtype=torch.long), "last": last}, last)
+
+
+class DictionaryResults(Results):
+    """``Results`` of ``evaluate_dictionaries``: one row per (dictionary, attribute, test); ``matches`` the
+    best-matching feature of every attribute value; ``featurizers`` each fitted dictionary (those trained by
+    interventions once per attribute)."""
+
+    def __init__(self, rows=None, meta=None, featurizers=None, matches=None):
+        super().__init__(rows, meta, featurizers)
+        self.matches = list(matches or [])
+
+    @property
+    def columns(self) -> list[str]:
+        return ["dictionary", "attribute", "test", "value", "n", "ci_low", "ci_high", "baseline"]
+
+    @property
+    def best_features(self):
+        """A DataFrame: dictionary, attribute, value, feature (its index), f1, precision, recall."""
+        import pandas as pd
+
+        return pd.DataFrame(self.matches, columns=["dictionary", "attribute", "value", "feature", "f1", "precision",
+                                                   "recall"])
+
+    def summary(self):
+        """``value`` as a DataFrame: dictionaries × (attribute, test)."""
+        t = self.table.assign(attribute=lambda x: x["attribute"].fillna("all"))
+        return t.pivot_table(index="dictionary", columns=["attribute", "test"], values="value", sort=False)
+
+    def figure(self, path=None):
+        """Approximation (sufficiency, necessity per dictionary), control (edit accuracy against k, one panel
+        per attribute, the no-edit baseline dashed) and interpretability (best F1 per attribute, O: occluded,
+        S: over-split). Saved to ``path`` when given; returns the matplotlib figure."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        t = self.table
+        attributes, names = self.meta["attributes"], list(dict.fromkeys(t.loc[t["dictionary"] != "patch", "dictionary"]))
+        fig, axes = plt.subplots(1, len(attributes) + 2, figsize=(4.2 * (len(attributes) + 2), 3.6),
+                                 constrained_layout=True, squeeze=False)
+        axes = axes[0]
+        approx = t[t["test"].isin(["sufficiency", "necessity"])]
+        shown = [x for x in names if x in set(approx["dictionary"])]
+        for j, test in enumerate(["sufficiency", "necessity"]):
+            sub = approx[approx["test"] == test].set_index("dictionary").reindex(shown)
+            err = [(sub["value"] - sub["ci_low"]).clip(lower=0), (sub["ci_high"] - sub["value"]).clip(lower=0)]
+            axes[0].bar([i + 0.4 * j for i in range(len(shown))], sub["value"], 0.4, yerr=err, label=test)
+        axes[0].set_xticks([i + 0.2 for i in range(len(shown))], shown, rotation=30, ha="right", fontsize=7)
+        axes[0].axhline(1, color="grey", lw=0.5)
+        axes[0].set_title("approximation", fontsize=9)
+        axes[0].legend(fontsize=7)
+        for ax, a in zip(axes[1:], attributes):
+            edit = t[(t["attribute"] == a) & t["test"].str.startswith("edit_accuracy@")]
+            for label, g in edit.groupby("dictionary", sort=False):
+                ax.plot(g["k"], g["value"], "o-" if len(g) > 1 else "s", label=label)
+            if len(edit):
+                ax.axhline(edit["baseline"].iloc[0], color="grey", ls="--", lw=0.8, label="no edit")
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_xlabel("features changed (k)")
+            ax.set_title(f"control: edit {a}", fontsize=9)
+            ax.legend(fontsize=6)
+        ax = axes[-1]
+        f1 = t[t["test"] == "f1"].pivot_table(index="dictionary", columns="attribute", values="value", sort=False)
+        f1 = f1.reindex(index=[x for x in names if x in f1.index], columns=attributes)
+        im = ax.imshow(f1.values, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        flags = t.set_index(["dictionary", "attribute", "test"])["value"]
+        for (i, label) in enumerate(f1.index):
+            for j, a in enumerate(f1.columns):
+                mark = "".join(c for c, test in (("O", "occluded"), ("S", "over_split"))
+                               if flags.get((label, a, test), 0) == 1)
+                v = f1.values[i, j]
+                ax.text(j, i, f"{v:.2f}{' ' + mark if mark else ''}", ha="center", va="center", fontsize=7,
+                        color="white" if v < 0.5 else "black")
+        ax.set_xticks(range(len(f1.columns)), f1.columns, rotation=30, ha="right", fontsize=7)
+        ax.set_yticks(range(len(f1.index)), f1.index, fontsize=7)
+        ax.set_title("interpretability: best F1", fontsize=9)
+        fig.colorbar(im, ax=ax, shrink=0.8)
+        fig.suptitle(f"{self.meta['task']} at {self.meta['site']}", fontsize=10)
+        if path is not None:
+            from pathlib import Path
+
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(path, dpi=130, bbox_inches="tight")
+            plt.close(fig)
+        return fig
+
+    def save(self, directory):
+        """``Results.save`` (results.json, results.csv, the fitted dictionaries) and ``best_features.csv``."""
+        from .runstore import write_text
+
+        d = super().save(directory)
+        write_text(d / "best_features.csv", self.best_features.to_csv(index=False))
+        return d
