@@ -8,11 +8,12 @@ For every dictionary (a featurizer: neurons, PCA, an SAE, DAS, a supervised dict
   activation of the fit prompts, written in alone for LD_ablated);
 - **control**: edit attribute i from v to v′ on each test prompt and score the agreement of the
   prediction with the real counterfactual patch (the activation of the prompt with the attribute changed,
-  written at the site). A supervised dictionary removes feature (i, v) and adds (i, v′); other dictionaries
-  change at most k features, chosen greedily to bring the base's features closest to the target's; those
-  trained by interventions (DAS, DBM) are trained for each attribute and edit by their own interchange. Each
-  edit's magnitude is the share of the base reconstruction's weight it removes (weights
-  ``f_i u_iᵀ(â − b) / ‖â − b‖²``, ``b`` = the reconstruction of zero features, summing to 1);
+  written at the site), and the share of the patch's change of LD the edit reproduces. A supervised
+  dictionary removes feature (i, v) and adds (i, v′); other dictionaries change at most k features, chosen
+  greedily to bring the base's features closest to the target's; those trained by interventions (DAS,
+  DBM) are trained for each attribute and edit by their own interchange. Each edit's magnitude is the
+  share of the base reconstruction's weight it removes (weights ``f_i u_iᵀ(â − b) / ‖â − b‖²``, ``b`` = the
+  reconstruction of zero features, summing to 1);
 - **interpretability**: the F1 score of each feature's active set (f > 0) against each attribute value;
   the best-matching feature per value; *occlusion* (an attribute whose real patch moves LD, that no
   feature covers) and *over-splitting* (an attribute whose values are each split over several precise
@@ -24,7 +25,6 @@ so it runs batched with the engine's suffix execution and key/value reuse.
 """
 from __future__ import annotations
 
-import copy
 import numbers
 import random
 from collections.abc import Callable, Mapping, Sequence
@@ -113,6 +113,23 @@ class Necessity(_LD):
             raise MetricError("the mean ablation leaves the mean logit difference as it is: necessity is "
                               "undefined at this site")
         return 1 - (ablated.mean() - ld.mean()).abs() / gap.abs()
+
+
+class EditLD(_LD):
+    """``1 − mean |LD − LD_patch| / mean |LD_clean − LD_patch|``: the share of the real patch's change of the
+    logit difference that the edit reproduces, row by row (1: all of it, 0: no more than no edit). Reads
+    where an attribute moves the logit difference without flipping the answer, which the agreement of
+    predictions cannot see. ``ablated`` holds LD_patch here."""
+
+    name = "edit_ld"
+
+    @staticmethod
+    def _ratio(ld, clean, patch):
+        moved = (clean - patch).abs().mean()
+        if float(moved) < 1e-9:
+            raise MetricError("the real counterfactual patch leaves every logit difference as it is: there is no "
+                              "change for an edit to reproduce")
+        return 1 - (ld - patch).abs().mean() / moved
 
 
 class EditAgreement(Metric):
@@ -307,12 +324,13 @@ def _f1_tables(f: torch.Tensor, values: dict[str, list]) -> dict[str, dict]:
 
 
 # ------------------------------------------------------------------------------------------ runs
-def _scored(engine: Engine, split: Split, site: Site, kind: str, metric: Metric, writes: dict, executor,
+def _scored(engine: Engine, split: Split, site: Site, kind: str, metrics: Sequence[Metric], writes: dict, executor,
             progress: bool) -> dict:
     """Each activation of ``writes`` ({key: [n, d]}) written at ``site`` into the split's bases: one cell of
-    the full-vector write, with one test split per key, run by the executor; ``{key: its row}``."""
+    the full-vector write, with one test split per key, run by the executor; ``{key: its row}`` (the first
+    metric's value, n, interval and no-effect baseline, the others' values and intervals)."""
     tests = {key: replace(split, sources={site: h}) for key, h in writes.items()}
-    data = SweepData(engine, split, None, tests, [metric], n_train=0)
+    data = SweepData(engine, split, None, tests, list(metrics), n_train=0)
     (result,) = list(executor.run([Cell(kind, Neurons(), site)], data, None, progress, desc=kind))
     return {row["dataset"]: row for row in result.rows}
 
@@ -404,7 +422,9 @@ def evaluate_dictionaries(model, task, site, attributes: str | Sequence[str],
         batch_size: rows per forward. executor: runs the cells (default ``cv.sweep.InProcessExecutor()``).
     Returns: ``DictionaryResults``: ``table`` (dictionary, attribute, test, value, n, ci_low, ci_high, baseline,
     k, edit) with the tests ``sufficiency``, ``necessity`` (bootstrap intervals), ``edit_accuracy@k``
-    (Clopper–Pearson; baseline = the agreement with no edit), ``edit_magnitude@k``, ``f1``, ``features`` (precise
+    (Clopper–Pearson; baseline = the agreement with no edit), ``edit_ld@k`` (the share of the patch's change of
+    LD the edit reproduces, row by row: ``1 − mean |LD − LD_patch| / mean |LD_clean − LD_patch|``; 0 with no
+    edit), ``edit_magnitude@k``, ``f1``, ``features`` (precise
     features per value), ``occluded``, ``over_split`` and, for dictionary ``patch``, the real patch's
     ``effect`` (mean |ΔLD| / mean |LD_clean|); ``best_features`` (the best-matching feature of each value);
     ``figure(path)``; ``save(dir)``.
@@ -449,6 +469,10 @@ def evaluate_dictionaries(model, task, site, attributes: str | Sequence[str],
     clean, test_acts, whole = engine.capture_prepared(test_batch, [site])
     h = test_acts[site]
     h_t = {a: engine.capture(task.encode(t), [site])[1][site] for a, t in targets.items()}
+    for a in attributes:
+        if torch.equal(h_t[a], h):
+            raise DictionaryError(f"editing attribute {a!r} leaves the activation at {site} as it is on every test "
+                                  "prompt (the site does not see it): there is nothing to edit there")
     runs = [cm.run(s) for s in test_s]
     labels = [v[cm.output] for v in runs]
     r = task.targets(labels)
@@ -480,9 +504,9 @@ def evaluate_dictionaries(model, task, site, attributes: str | Sequence[str],
     approx = {label: f.eval() for label, f in feats.items() if label not in interventional}
     codes = {label: _coding(f, h, test_vals) for label, f in approx.items()}
     if approx:
-        suff = _scored(engine, split, site, "sufficiency", Sufficiency(r, r2, ld_clean, ld_ablated),
+        suff = _scored(engine, split, site, "sufficiency", [Sufficiency(r, r2, ld_clean, ld_ablated)],
                        {label: h - e for label, (_, e) in codes.items()}, executor, progress)
-        nec = _scored(engine, split, site, "necessity", Necessity(r, r2, ld_clean, ld_ablated),
+        nec = _scored(engine, split, site, "necessity", [Necessity(r, r2, ld_clean, ld_ablated)],
                       {label: mean + e for label, (_, e) in codes.items()}, executor, progress)
         for label in approx:
             rows += [_from(suff[label], "sufficiency", label, None, "sufficiency"),
@@ -515,12 +539,14 @@ def evaluate_dictionaries(model, task, site, attributes: str | Sequence[str],
             for k, m in steps.items():
                 writes[label, k] = f.decode(torch.where(m, ft, fb), eb)
                 magnitudes[label, k], kinds[label, k] = _magnitude(fb, W, m), kind
-        scored = _scored(engine, split, site, f"edit {a}", EditAgreement(patched[a].argmax(-1)), writes, executor,
-                         progress)
+        agree = [EditAgreement(patched[a].argmax(-1)), EditLD(r, r2, ld_clean, ld(patched[a]))]
+        scored = _scored(engine, split, site, f"edit {a}", agree, writes, executor, progress)
         for (label, k), row in scored.items():
             mag = magnitudes[label, k].double()
             half = 1.96 * float(mag.std()) / n ** 0.5 if n > 1 else float("inf")
             rows += [_from(row, "edit_accuracy", label, a, f"edit_accuracy@{k}", k=k, edit=kinds[label, k]),
+                     _row(label, a, f"edit_ld@{k}", row["edit_ld"], n, row["edit_ld_ci_low"], row["edit_ld_ci_high"],
+                          0.0, k=k, edit=kinds[label, k]),
                      _row(label, a, f"edit_magnitude@{k}", float(mag.mean()), n, float(mag.mean()) - half,
                           float(mag.mean()) + half, k=k, edit=kinds[label, k])]
 
@@ -551,13 +577,14 @@ def evaluate_dictionaries(model, task, site, attributes: str | Sequence[str],
 
 
 @torch.no_grad()
-def generic_activations(model, layer: int, n_prompts: int = 64, n_tokens: int = 32, seed: int = 0,
-                        component: str = "resid_post", batch_size: int = 32) -> torch.Tensor:
+def generic_activations(model, layer: int | Sequence[int], n_prompts: int = 64, n_tokens: int = 32, seed: int = 0,
+                        component: str = "resid_post", batch_size: int = 32) -> torch.Tensor | dict[int, torch.Tensor]:
     """Activations ``[n_prompts · (n_tokens − 1), d]`` of generic text at ``layer`` (``component``), every token
     but the first: text the language model writes itself, built offline — greedy continuations of three
     random words of its own vocabulary (``seed``) to ``n_tokens`` tokens. What an SAE trained "on the full
     distribution" sees, beside one trained on a task's activations: ``SAE(k=16).fit_activations(
-    generic_activations(lm, 18))``."""
+    generic_activations(lm, 18))``. A list of layers gives ``{layer: activations}`` from the same text and
+    forwards."""
     check_count("n_prompts", n_prompts, 1, "generated texts")
     check_count("n_tokens", n_tokens, 4, "tokens per text, three of them the seed words")
     adapter = as_adapter(model)
@@ -565,23 +592,26 @@ def generic_activations(model, layer: int, n_prompts: int = 64, n_tokens: int = 
     if tok is None or not hasattr(adapter, "generate"):
         raise DictionaryError("generic_activations needs a language model with a tokenizer (cv.load_model(...), "
                               f"cv.HFModel), got {type(adapter).__name__}")
-    adapter.module_path(Site(layer))
-    words = sorted(i for i in tok.get_vocab().values() if _is_word(tok.decode([i])))
+    layers = [layer] if isinstance(layer, int) else list(layer)
+    for x in layers:
+        adapter.module_path(Site(x))  # a layer outside the model fails before any forward
+    texts = {i: tok.decode([i]) for i in tok.get_vocab().values()}
+    words = sorted(i for i, t in texts.items() if t.startswith(" ") and _is_word(t[1:]))  # whole words of a BPE
+    words = words if len(words) >= 3 else sorted(i for i, t in texts.items() if _is_word(t))
     if len(words) < 3:
         raise DictionaryError("the tokenizer's vocabulary holds fewer than three whole lower-case words")
     rng = random.Random(seed)
     ids = torch.tensor([rng.sample(words, 3) for _ in range(n_prompts)])
     engine = Engine(adapter, batch_size=batch_size)
-    seeds = _plain_batch(ids)
-    more = torch.cat([adapter.generate(seeds.select(c).to(adapter.device), n_tokens - 3).cpu()
-                      for c in engine._chunks(n_prompts)])
-    sites = [Site(layer, i, component) for i in range(1, n_tokens)]
-    _, acts = engine.capture(_plain_batch(torch.cat([ids, more], 1)), sites)
-    return torch.cat([acts[s] for s in sites])
+    more = engine.generate(engine.prepare(_plain_batch(ids), []), n_tokens - 3)
+    sites = {x: [Site(x, i, component) for i in range(1, n_tokens)] for x in layers}
+    _, acts = engine.capture(_plain_batch(torch.cat([ids, more], 1)), [s for x in layers for s in sites[x]])
+    out = {x: torch.cat([acts[s] for s in sites[x]]) for x in layers}
+    return out[layer] if isinstance(layer, int) else out
 
 
 def _is_word(text: str) -> bool:
-    return text.startswith(" ") and len(text) >= 4 and text[1:].isalpha() and text[1:].islower()
+    return len(text) >= 3 and text.isalpha() and text.islower()
 
 
 def _plain_batch(ids: torch.Tensor) -> Batch:

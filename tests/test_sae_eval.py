@@ -197,3 +197,18 @@ def test_bad_input_is_refused_in_the_users_terms():
     with pytest.raises(DictionaryError, match="also changes"):
         cv.evaluate_dictionaries(NET, TASK, SITE, ["a", "b"], [Neurons()], 20, 10, progress=False,
                                  edits={"a": lambda s, rng: {**s, "a": (s["a"] + 1) % 3, "b": (s["b"] + 1) % 3}})
+
+
+def test_generic_activations_are_the_models_own_text_at_every_token(tokenizer):
+    from conftest import make_lm
+
+    from causalvar.sae_eval import generic_activations
+
+    lm = cv.HFModel(make_lm("gpt2", len(tokenizer)), tokenizer)
+    acts = generic_activations(lm, 1, n_prompts=6, n_tokens=8, seed=0, batch_size=4)
+    assert acts.shape == (6 * 7, 32) and torch.isfinite(acts).all()
+    both = generic_activations(lm, [0, 1], n_prompts=6, n_tokens=8, seed=0)
+    torch.testing.assert_close(both[1], acts, atol=1e-5, rtol=0)  # chunking changes nothing
+    assert not torch.allclose(both[0], both[1])
+    with pytest.raises(DictionaryError, match="language model"):
+        generic_activations(NET, 0)
