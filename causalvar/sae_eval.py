@@ -248,16 +248,26 @@ def _values(cm, settings: list[dict], attributes: Sequence[str]) -> dict[str, li
     return {a: [v[a] for v in runs] for a in attributes}
 
 
-def _check_supervised_values(fit: dict[str, list], others: list[dict[str, list]], n_fit: int) -> None:
-    """Every value of the test and edited prompts must have an atom, i.e. occur among the fit prompts."""
-    for a, seen in fit.items():
-        known = set(seen)
-        for vals in others:
-            missing = sorted({repr(v) for v in vals[a] if v not in known})
+def _check_supervised(dicts: dict[str, Featurizer], fit: dict[str, list], others: list[dict[str, list]],
+                      n_fit: int) -> None:
+    """Every value of the test and edited prompts must have an atom in every supervised dictionary: occur
+    among the fit prompts (one to be fitted here), or among its atoms (one fitted before)."""
+    for label, f in dicts.items():
+        if not isinstance(f, SupervisedDictionary):
+            continue
+        for a, seen in fit.items():
+            if f.fitted:
+                try:
+                    known = {f.values_[i] for i in f.atoms_of(a)}
+                except FeaturizerError as e:
+                    raise DictionaryError(f"dictionary {label}: {e}") from e
+                where = f"{label}'s atoms"
+            else:
+                known, where = set(seen), f"the n_fit={n_fit} fit prompts"
+            missing = sorted({repr(v) for vals in others for v in vals[a] if v not in known})
             if missing:
                 raise DictionaryError(f"attribute {a!r} takes the values {missing[:5]} on test or edited prompts, but "
-                                      f"never on the n_fit={n_fit} fit prompts, so a supervised dictionary has no atom "
-                                      "for them; raise n_fit")
+                                      f"never on {where}, so {label} has no atom for them; raise n_fit")
 
 
 # ------------------------------------------------------------------------------------------ features
@@ -352,17 +362,14 @@ def _check_k(edit_k) -> list[int]:
     return sorted(set(int(k) for k in ks))
 
 
-def _ready(dicts: dict[str, Featurizer], d: int, site: Site, attributes: Sequence[str]) -> dict[str, Featurizer]:
-    """Each dictionary as it will be scored (a fitted one as is, else a fresh clone), built for size ``d``:
-    one that cannot act on the site, or a fitted supervised one without the attributes, is refused."""
+def _ready(dicts: dict[str, Featurizer], d: int, site: Site) -> dict[str, Featurizer]:
+    """Each dictionary as it will be scored (a fitted one as is, else a fresh clone), built for size ``d``;
+    one that cannot act on the site is refused."""
     out = {}
     for label, f in dicts.items():
         g = cell_featurizer(f)
         try:
             g.build(d)
-            if isinstance(g, SupervisedDictionary) and g.fitted:
-                for a in attributes:
-                    g.atoms_of(a)
         except ValueError as e:
             raise DictionaryError(f"dictionary {label} cannot act on site {site}, whose activations have size {d}: "
                                   f"{e}") from e
@@ -457,15 +464,14 @@ def evaluate_dictionaries(model, task, site, attributes: str | Sequence[str],
     fit_targets = {a: _targets(cm, a, attributes, fit_s, gens[a], rng) for a in attributes} if interventional else {}
     fit_vals, test_vals = _values(cm, fit_s, attributes), _values(cm, test_s, attributes)
     target_vals = {a: _values(cm, t, attributes) for a, t in targets.items()}
-    if any(isinstance(f, SupervisedDictionary) and not f.fitted for f in dicts.values()):
-        _check_supervised_values(fit_vals, [test_vals, *target_vals.values()], n_fit)
+    _check_supervised(dicts, fit_vals, [test_vals, *target_vals.values()], n_fit)
     test_batch = task.encode(test_s)
     test_batch.position(site.position)  # an unknown position fails before any forward
 
     engine = Engine(adapter, batch_size=batch_size)
     h_fit = engine.capture(task.encode(fit_s), [site])[1][site]
     d = h_fit.shape[-1]
-    feats = _ready(dicts, d, site, attributes)
+    feats = _ready(dicts, d, site)
     clean, test_acts, whole = engine.capture_prepared(test_batch, [site])
     h = test_acts[site]
     h_t = {a: engine.capture(task.encode(t), [site])[1][site] for a, t in targets.items()}

@@ -192,6 +192,9 @@ def test_bad_input_is_refused_in_the_users_terms():
                                  progress=False)
     with pytest.raises(DictionaryError, match="never on the n_fit=2 fit prompts"):
         cv.evaluate_dictionaries(NET, TASK, SITE, ["a"], [SupervisedDictionary()], 2, 10, progress=False)
+    fitted_on_a = SupervisedDictionary().fit_activations(torch.randn(30, D), {"a": [0, 1, 2] * 10})
+    with pytest.raises(DictionaryError, match="has no attribute 'b'"):
+        cv.evaluate_dictionaries(NET, TASK, SITE, ["a", "b"], [fitted_on_a], 20, 10, progress=False)
     with pytest.raises(DictionaryError, match="edit_k"):
         cv.evaluate_dictionaries(NET, TASK, SITE, ["a"], [Neurons()], 20, 10, edit_k=0, progress=False)
     with pytest.raises(DictionaryError, match="also changes"):
