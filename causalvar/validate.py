@@ -304,6 +304,28 @@ class ValidationResults(Results):
     def __repr__(self) -> str:
         return f"ValidationResults({len(self.rows)} rows)\n" + self.table[self.columns].to_string(index=False)
 
+    def figure(self, path: str | Path | None = None, title: str | None = None):
+        """ε of every step × axiom as bars (log scale; each labelled with its errors / n), one group per step;
+        saved to ``path`` when given. Returns the matplotlib figure."""
+        from .figures import pyplot, saved
+
+        t = self.table
+        steps = list(dict.fromkeys(zip(t["step"], t["site"])))
+        fig, ax = pyplot().subplots(figsize=(2.2 + 1.9 * len(steps), 3.6))
+        width = 0.8 / len(AXIOMS)
+        for j, axiom in enumerate(AXIOMS):
+            rows = [t[(t["step"] == k) & (t["axiom"] == axiom)].iloc[0] for k, _ in steps]
+            xs = [i + (j - (len(AXIOMS) - 1) / 2) * width for i in range(len(steps))]
+            bars = ax.bar(xs, [r["epsilon"] for r in rows], width, label=axiom.replace("_", " "))
+            ax.bar_label(bars, [f"{r['errors']}/{r['n']}" for r in rows], fontsize=6, rotation=90, padding=2)
+        ax.set_yscale("log")
+        ax.set_ylim(top=3)
+        ax.set_ylabel(f"ε (one-sided {self.meta.get('confidence', 0.95):.0%} Clopper–Pearson)")
+        ax.set_xticks(range(len(steps)), [f"step {k}\n{site}" for k, site in steps], fontsize=7)
+        ax.set_title(title or f"{self.meta.get('task', 'task')}: the axioms per step (n = {self.meta.get('n')})", fontsize=9)
+        ax.legend(fontsize=7, loc="lower right")
+        return saved(fig, path)
+
 
 def validate(model, task, interpretation: Interpretation, n: int = 2000, seed: int = 0, confidence: float = 0.95,
              data: Sequence[Mapping] | None = None, batch_size: int = 256, progress: bool = True,

@@ -81,6 +81,9 @@ def test_a_validation_saves_and_loads(tmp_path):
                    progress=False)
     back = ValidationResults.load(rep.save(tmp_path / "v"))
     assert back.table.equals(rep.table) and back.meta["interpretation"] == {"note": "exact"}
+    fig = back.figure(tmp_path / "v" / "epsilon.png")
+    assert (tmp_path / "v" / "epsilon.png").stat().st_size > 0
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["step 1\nL0"]
 
 
 def test_a_wrong_abstract_component_is_rejected_at_its_step():
