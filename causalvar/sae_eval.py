@@ -28,7 +28,7 @@ from __future__ import annotations
 import numbers
 import random
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -334,15 +334,44 @@ def _f1_tables(f: torch.Tensor, values: dict[str, list]) -> dict[str, dict]:
 
 
 # ------------------------------------------------------------------------------------------ runs
-def _scored(engine: Engine, split: Split, site: Site, kind: str, metrics: Sequence[Metric], writes: dict, executor,
-            progress: bool) -> dict:
-    """Each activation of ``writes`` ({key: [n, d]}) written at ``site`` into the split's bases: one cell of
-    the full-vector write, with one test split per key, run by the executor; ``{key: its row}`` (the first
-    metric's value, n, interval and no-effect baseline, the others' values and intervals)."""
-    tests = {key: replace(split, sources={site: h}) for key, h in writes.items()}
-    data = SweepData(engine, split, None, tests, list(metrics), n_train=0)
-    (result,) = list(executor.run([Cell(kind, Neurons(), site)], data, None, progress, desc=kind))
-    return {row["dataset"]: row for row in result.rows}
+@dataclass
+class _Site:
+    """What every test at the site reads: the engine; the test split (bases prepared once, their activations
+    ``h: [n, d]``); each attribute's edited activations ``h_t[a]: [n, d]`` and the real patch's logits
+    ``patched[a]``; the fit prompts' mean activation ``mean: [d]`` and the logits with it written in
+    (``ablated``); the answer ids ``r, r2: [n]``; from them the clean and mean-ablated logit differences
+    ``ld_clean, ld_ablated: [n]``."""
+
+    engine: Engine
+    split: Split
+    site: Site
+    h: torch.Tensor
+    h_t: dict
+    patched: dict
+    mean: torch.Tensor
+    ablated: torch.Tensor
+    r: torch.Tensor
+    r2: torch.Tensor
+    executor: object
+    progress: bool
+    ld_clean: torch.Tensor = field(init=False)
+    ld_ablated: torch.Tensor = field(init=False)
+
+    def __post_init__(self):
+        self.ld_clean, self.ld_ablated = self.ld(self.split.base_out), self.ld(self.ablated)
+
+    def ld(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logit[r] − logit[r2]`` ``[n]``."""
+        return logit_diff(logits.float(), self.r, self.r2).cpu()
+
+    def scored(self, kind: str, metrics: Sequence[Metric], writes: dict) -> dict:
+        """Each activation of ``writes`` ({key: [n, d]}) written at the site into the bases: one cell of the
+        full-vector write, with one test split per key, run by the executor; ``{key: its row}`` (the first
+        metric's value, n, interval and no-effect baseline, the others' values and intervals)."""
+        tests = {key: replace(self.split, sources={self.site: h}) for key, h in writes.items()}
+        data = SweepData(self.engine, self.split, None, tests, list(metrics), n_train=0)
+        (result,) = list(self.executor.run([Cell(kind, Neurons(), self.site)], data, None, self.progress, desc=kind))
+        return {row["dataset"]: row for row in result.rows}
 
 
 def _row(dictionary, attribute, test, value, n, lo=None, hi=None, baseline=None, **extra) -> dict:
@@ -396,6 +425,75 @@ def _trained(engine: Engine, task, feat: Featurizer, site: Site, attribute: str,
     train(engine, g, site, split, None, epochs=epochs, lr=lr, seed=seed, progress=progress,
           desc=f"train {g.name} for {attribute}")
     return g
+
+
+def _approximation(at: _Site, codes: dict) -> list[dict]:
+    """Sufficiency (the reconstruction ``h − err`` written in) and necessity (``E[a] + err``) of each dictionary."""
+    if not codes:
+        return []
+    args = (at.r, at.r2, at.ld_clean, at.ld_ablated)
+    suff = at.scored("sufficiency", [Sufficiency(*args)], {label: at.h - e for label, (_, e) in codes.items()})
+    nec = at.scored("necessity", [Necessity(*args)], {label: at.mean + e for label, (_, e) in codes.items()})
+    return [r for label in codes for r in (_from(suff[label], "sufficiency", label, None, "sufficiency"),
+                                           _from(nec[label], "necessity", label, None, "necessity"))]
+
+
+def _control(at: _Site, a: str, feats: dict, codes: dict, per_attribute: dict, target_vals: dict, ks) -> list[dict]:
+    """Every dictionary's edit of attribute ``a`` (supervised: one feature out, one in; greedy: at most k
+    features; trained by interventions: its interchange), scored against the real patch; and its magnitude."""
+    h, h_t = at.h, at.h_t[a]
+    writes, magnitudes, kinds = {}, {}, {}
+    for label, f in feats.items():
+        if label not in codes:  # trained for this attribute: its own interchange
+            g = per_attribute[label, a].eval()
+            fb = g.encode(h)[0]
+            m = g.mask()
+            m = torch.ones(fb.shape[-1], dtype=torch.bool) if m is None else m.cpu()
+            key = (label, int(m.sum()))
+            writes[key], kinds[key] = g.interchange(h, h_t), "interchange"
+            magnitudes[key] = _magnitude(fb, _atoms(g, fb), m.expand_as(fb))
+            continue
+        fb, eb = codes[label]
+        W = _atoms(f, fb)
+        if isinstance(f, SupervisedDictionary):
+            ft = f.code(target_vals)
+            steps, kind = {2: fb != ft}, "supervised"
+        else:
+            ft = f.encode(h_t)[0]
+            masks = _greedy(ft - fb, W, h_t - h, max(ks))
+            steps, kind = {k: masks[k - 1] for k in ks}, "greedy"
+        for k, m in steps.items():
+            writes[label, k] = f.decode(torch.where(m, ft, fb), eb)
+            magnitudes[label, k], kinds[label, k] = _magnitude(fb, W, m), kind
+    agree = [EditAgreement(at.patched[a].argmax(-1)), EditLD(at.r, at.r2, at.ld_clean, at.ld(at.patched[a]))]
+    rows, n = [], len(h)
+    for (label, k), row in at.scored(f"edit {a}", agree, writes).items():
+        mag = magnitudes[label, k].double()
+        half = 1.96 * float(mag.std()) / n ** 0.5 if n > 1 else float("inf")
+        rows += [_from(row, "edit_accuracy", label, a, f"edit_accuracy@{k}", k=k, edit=kinds[label, k]),
+                 _row(label, a, f"edit_ld@{k}", row["edit_ld"], n, row["edit_ld_ci_low"], row["edit_ld_ci_high"],
+                      0.0, k=k, edit=kinds[label, k]),
+                 _row(label, a, f"edit_magnitude@{k}", float(mag.mean()), n, float(mag.mean()) - half,
+                      float(mag.mean()) + half, k=k, edit=kinds[label, k])]
+    return rows
+
+
+def _interpretability(codes: dict, values: dict[str, list], effect: dict, n: int) -> tuple[list[dict], list[dict]]:
+    """Per (dictionary, attribute): the mean best F1 over the attribute's values, the precise features per
+    value, the occlusion and over-splitting flags; and the best-matching feature of every value."""
+    rows, matches = [], []
+    for label, (fb, _) in codes.items():
+        for a, t in _f1_tables(fb, values).items():
+            best, feature = t["f1"].max(0)  # per value [V]
+            f1 = float(best.mean())
+            precise = float(((t["precision"] >= PRECISE) & (t["recall"] >= 0.05)).sum(0).double().mean())
+            rows += [_row(label, a, "f1", f1, n), _row(label, a, "features", precise, n),
+                     _row(label, a, "occluded", float(effect[a] >= MATTERS and f1 < F1_CAUSAL), n),
+                     _row(label, a, "over_split", float(f1 < F1_COVER and precise >= SPLIT), n)]
+            matches += [{"dictionary": label, "attribute": a, "value": v, "feature": int(j), "f1": float(best[i]),
+                         "precision": float(t["precision"][j, i]), "recall": float(t["recall"][j, i])}
+                        for i, (v, j) in enumerate(zip(t["values"], feature.tolist()))]
+    return rows, matches
 
 
 @torch.no_grad()
@@ -487,10 +585,9 @@ def evaluate_dictionaries(model, task, site, attributes: str | Sequence[str],
     split = Split(task, engine.take(whole, torch.arange(n)), {site: h}, {site: h}, labels, labels, [None] * n,
                   [None] * n, list(range(n)), clean, clean)
     full, mean = Neurons().build(d), h_fit.mean(0)
-    ld = lambda logits: logit_diff(logits.float(), r, r2).cpu()
-    ld_clean = ld(clean)
-    ld_ablated = ld(engine.run(split.prepared, site, full, mean.expand(n, d).contiguous()))
+    ablated = engine.run(split.prepared, site, full, mean.expand(n, d).contiguous())
     patched = {a: engine.run(split.prepared, site, full, h_t[a]) for a in attributes}
+    at = _Site(engine, split, site, h, h_t, patched, mean, ablated, r, r2, executor, progress)
 
     torch.manual_seed(seed)
     for f in feats.values():
@@ -506,75 +603,23 @@ def evaluate_dictionaries(model, task, site, attributes: str | Sequence[str],
                 per_attribute[label, a] = _trained(engine, task, feats[label], site, a, fit_s, fit_targets[a], seed,
                                                    epochs, lr, train_batch_size, progress)
 
-    rows, matches = [], []
     approx = {label: f.eval() for label, f in feats.items() if label not in interventional}
     codes = {label: _coding(f, h, test_vals) for label, f in approx.items()}
-    if approx:
-        suff = _scored(engine, split, site, "sufficiency", [Sufficiency(r, r2, ld_clean, ld_ablated)],
-                       {label: h - e for label, (_, e) in codes.items()}, executor, progress)
-        nec = _scored(engine, split, site, "necessity", [Necessity(r, r2, ld_clean, ld_ablated)],
-                      {label: mean + e for label, (_, e) in codes.items()}, executor, progress)
-        for label in approx:
-            rows += [_from(suff[label], "sufficiency", label, None, "sufficiency"),
-                     _from(nec[label], "necessity", label, None, "necessity")]
-    effect = {a: float((ld(patched[a]) - ld_clean).abs().mean() / ld_clean.abs().mean().clamp(min=1e-12))
+    effect = {a: float((at.ld(patched[a]) - at.ld_clean).abs().mean() / at.ld_clean.abs().mean().clamp(min=1e-12))
               for a in attributes}
-    rows += [_row("patch", a, "effect", effect[a], n) for a in attributes]
-
+    rows = _approximation(at, codes) + [_row("patch", a, "effect", effect[a], n) for a in attributes]
     for a in attributes:
-        writes, magnitudes, kinds = {}, {}, {}
-        for label, f in feats.items():
-            if label in interventional:
-                g = per_attribute[label, a].eval()
-                fb = g.encode(h)[0]
-                m = g.mask()
-                m = torch.ones(fb.shape[-1], dtype=torch.bool) if m is None else m.cpu()
-                key = (label, int(m.sum()))
-                writes[key], kinds[key] = g.interchange(h, h_t[a]), "interchange"
-                magnitudes[key] = _magnitude(fb, _atoms(g, fb), m.expand_as(fb))
-                continue
-            fb, eb = codes[label]
-            W = _atoms(f, fb)
-            if isinstance(f, SupervisedDictionary):
-                ft = f.code(target_vals[a])
-                steps, kind = {2: fb != ft}, "supervised"
-            else:
-                ft = f.encode(h_t[a])[0]
-                masks = _greedy(ft - fb, W, h_t[a] - h, max(ks))
-                steps, kind = {k: masks[k - 1] for k in ks}, "greedy"
-            for k, m in steps.items():
-                writes[label, k] = f.decode(torch.where(m, ft, fb), eb)
-                magnitudes[label, k], kinds[label, k] = _magnitude(fb, W, m), kind
-        agree = [EditAgreement(patched[a].argmax(-1)), EditLD(r, r2, ld_clean, ld(patched[a]))]
-        scored = _scored(engine, split, site, f"edit {a}", agree, writes, executor, progress)
-        for (label, k), row in scored.items():
-            mag = magnitudes[label, k].double()
-            half = 1.96 * float(mag.std()) / n ** 0.5 if n > 1 else float("inf")
-            rows += [_from(row, "edit_accuracy", label, a, f"edit_accuracy@{k}", k=k, edit=kinds[label, k]),
-                     _row(label, a, f"edit_ld@{k}", row["edit_ld"], n, row["edit_ld_ci_low"], row["edit_ld_ci_high"],
-                          0.0, k=k, edit=kinds[label, k]),
-                     _row(label, a, f"edit_magnitude@{k}", float(mag.mean()), n, float(mag.mean()) - half,
-                          float(mag.mean()) + half, k=k, edit=kinds[label, k])]
-
-    for label, (fb, _) in codes.items():
-        for a, t in _f1_tables(fb, test_vals).items():
-            best, feature = t["f1"].max(0)  # per value [V]
-            f1 = float(best.mean())
-            precise = float(((t["precision"] >= PRECISE) & (t["recall"] >= 0.05)).sum(0).double().mean())
-            rows += [_row(label, a, "f1", f1, n), _row(label, a, "features", precise, n),
-                     _row(label, a, "occluded", float(effect[a] >= MATTERS and f1 < F1_CAUSAL), n),
-                     _row(label, a, "over_split", float(f1 < F1_COVER and precise >= SPLIT), n)]
-            matches += [{"dictionary": label, "attribute": a, "value": v, "feature": int(j), "f1": float(best[i]),
-                         "precision": float(t["precision"][j, i]), "recall": float(t["recall"][j, i])}
-                        for i, (v, j) in enumerate(zip(t["values"], feature.tolist()))]
+        rows += _control(at, a, feats, codes, per_attribute, target_vals[a], ks)
+    interpretation, matches = _interpretability(codes, test_vals, effect, n)
+    rows += interpretation
 
     meta = {"model": type(adapter.module).__name__, "task": task.name, "site": str(site), "layer": site.layer,
             "position": site.position, "component": site.component, "attributes": attributes,
             "dictionaries": {label: {"class": type(f).__name__, "config": f.config()} for label, f in dicts.items()},
             "n_fit": n_fit, "n_test": n_test, "edit_k": ks, "seed": seed, "batch_size": batch_size,
             "contrast": contrast if contrast is None or isinstance(contrast, str) else getattr(contrast, "__name__", "fn"),
-            "accuracy": float(task.correct(clean, labels).float().mean()), "ld_clean": float(ld_clean.mean()),
-            "ld_ablated": float(ld_ablated.mean()), "effect": effect,
+            "accuracy": float(task.correct(clean, labels).float().mean()), "ld_clean": float(at.ld_clean.mean()),
+            "ld_ablated": float(at.ld_ablated.mean()), "effect": effect,
             "thresholds": {"f1_cover": F1_COVER, "f1_causal": F1_CAUSAL, "precise": PRECISE, "matters": MATTERS,
                            "split": SPLIT}, "lower_is_better": False, "metric": "value"}
     fitted = {("all", label, site.layer, site.position): f for label, f in approx.items()}
