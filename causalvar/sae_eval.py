@@ -41,7 +41,7 @@ from .models import as_adapter
 from .models.base import Batch
 from .results import Results
 from .sites import Site
-from .splits import Split, build_splits, warn_no_effect
+from .splits import Split, warn_no_effect
 from .sweep import Cell, InProcessExecutor, SweepData, cell_featurizer, trained
 from .train import check_count, check_training, train
 
@@ -101,8 +101,8 @@ class Sufficiency(_LD):
 
 
 class Necessity(_LD):
-    """``1 − |mean LD_ablated − mean LD| / |mean LD_ablated − mean LD_clean|``: 1 when writing ``E[a] + (a − â)``
-    behaves like the mean ablation (the error carries nothing), 0 when it behaves like the clean run."""
+    """``1 − |mean LD_ablated − mean LD| / |mean LD_ablated − mean LD_clean|``: 1 when writing
+    ``E[a] + (a − â)`` behaves like the mean ablation (the error carries nothing), 0 when it behaves like the clean run."""
 
     name = "necessity"
 
@@ -154,7 +154,8 @@ def _check_attributes(cm, attributes) -> list[str]:
         if a not in cm.variables:
             raise DictionaryError(f"unknown attribute {a!r}; the causal model's variables are {list(cm.variables)}")
         if a == cm.output:
-            raise DictionaryError(f"{a!r} is the causal model's output; attributes are the variables it is computed from")
+            raise DictionaryError(f"{a!r} is the causal model's output; attributes are the variables it is "
+                                  "computed from")
     if len(set(attributes)) != len(attributes):
         raise DictionaryError(f"attributes repeat: {attributes}")
     return attributes
@@ -165,7 +166,8 @@ def _check_dictionaries(dictionaries) -> dict[str, Featurizer]:
              else [(getattr(f, "name", None), f) for f in ([dictionaries] if isinstance(dictionaries, Featurizer)
                                                           else list(dictionaries or []))])
     if not items:
-        raise DictionaryError("dictionaries is empty; pass featurizers, e.g. [SupervisedDictionary(), SAE(k=16), Neurons()]")
+        raise DictionaryError("dictionaries is empty; pass featurizers, e.g. [SupervisedDictionary(), SAE(k=16), "
+                              "Neurons()]")
     for label, f in items:
         if isinstance(f, type):
             raise DictionaryError(f"dictionary {f.__name__} is a class; pass an instance, e.g. {f.__name__}()")
@@ -185,7 +187,8 @@ def _check_site(site, adapter) -> Site:
     if isinstance(site, tuple):
         site = Site(*site)
     if not isinstance(site, Site):
-        raise DictionaryError(f"site must be a cv.Site (e.g. cv.Site(18, 's2')) or a (layer, position) pair, got {site!r}")
+        raise DictionaryError(f"site must be a cv.Site (e.g. cv.Site(18, 's2')) or a (layer, position) pair, "
+                              f"got {site!r}")
     adapter.module_path(site)  # a layer outside the model: an error naming its blocks
     return site
 
@@ -294,8 +297,8 @@ def _coding(feat: Featurizer, h: torch.Tensor, values: dict[str, list]) -> tuple
 
 def _greedy(delta: torch.Tensor, W: torch.Tensor, target: torch.Tensor, k: int) -> list[torch.Tensor]:
     """Masks ``[n, K]`` after 1..k greedy steps: at each step the feature whose change ``delta_i W_i`` (from
-    the base's value to the target's) best reduces ``‖Σ_chosen delta_i W_i − target‖`` (``target = h_t − h_b``);
-    a row stops when no change helps."""
+    the base's value to the target's) best reduces ``‖Σ_chosen delta_i W_i − target‖`` (``target = h_t −
+    h_b``); a row stops when no change helps."""
     res, norms = target.clone(), (W * W).sum(-1)
     mask = torch.zeros_like(delta, dtype=torch.bool)
     rows, masks = torch.arange(len(delta)), []
@@ -406,22 +409,25 @@ def _ready(dicts: dict[str, Featurizer], d: int, site: Site) -> dict[str, Featur
     return out
 
 
-def _trained(engine: Engine, task, feat: Featurizer, site: Site, attribute: str, bases, sources, seed: int,
-             epochs: int, lr: float, train_batch_size: int, progress: bool) -> Featurizer:
-    """A clone of ``feat`` trained with the interchange objective on the pairs (base, the base with
-    ``attribute`` edited), labelled by the causal model."""
-    cm = task.causal_model
-    out = cm.output
+def _trained(engine: Engine, task, feat: Featurizer, site: Site, attribute: str, fit: tuple, sources: list[dict],
+             seed: int, epochs: int, lr: float, train_batch_size: int, progress: bool) -> Featurizer:
+    """A clone of ``feat`` trained with the interchange objective on the pairs (fit prompt, the prompt with
+    ``attribute`` edited), labelled by the causal model. ``fit``: the fit prompts, their logits, activations
+    ``[n, d]`` at the site and prepared rows (captured once for every attribute)."""
+    cm, out = task.causal_model, task.causal_model.output
+    bases, base_out, h_fit, whole = fit
     ds = CounterfactualDataset(attribute, list(bases), list(sources),
                                [cm.interchange(b, {attribute: s})[out] for b, s in zip(bases, sources)],
                                [cm.run(b)[out] for b in bases], [cm.run(s)[out] for s in sources], name="edits")
     warn_no_effect(attribute, [ds], out)
-    (split,), _ = build_splits(engine, task, ds, [site], [None], seed=seed, filter_correct=False,
-                               batch_sizes=[train_batch_size])
+    src_out, src_acts = engine.capture(task.encode(sources), [site])
+    n = len(bases)
+    split = Split(task, engine.take(whole, torch.arange(n), train_batch_size), {site: src_acts[site]}, {site: h_fit},
+                  ds.labels, ds.base_labels, [None] * n, [None] * n, list(range(n)), base_out, src_out)
     torch.manual_seed(seed)
-    g = feat.clone().build(split.sources[site].shape[-1])
+    g = feat.clone().build(h_fit.shape[-1])
     if g.learns_from_activations:
-        g.fit_activations(torch.cat([split.bases[site], split.sources[site]]))
+        g.fit_activations(torch.cat([h_fit, src_acts[site]]))
     train(engine, g, site, split, None, epochs=epochs, lr=lr, seed=seed, progress=progress,
           desc=f"train {g.name} for {attribute}")
     return g
@@ -534,7 +540,8 @@ def evaluate_dictionaries(model, task, site, attributes: str | Sequence[str],
     ``effect`` (mean |ΔLD| / mean |LD_clean|); ``best_features`` (the best-matching feature of each value);
     ``figure(path)``; ``save(dir)``.
     """
-    for name, value, low, what in (("n_fit", n_fit, 1, "prompts to fit on"), ("n_test", n_test, 1, "prompts to test on"),
+    for name, value, low, what in (("n_fit", n_fit, 1, "prompts to fit on"),
+                                   ("n_test", n_test, 1, "prompts to test on"),
                                    ("seed", seed, 0, "the same seed gives the same table"),
                                    ("batch_size", batch_size, 1, "rows per forward")):
         check_count(name, value, low, what)
@@ -567,7 +574,11 @@ def evaluate_dictionaries(model, task, site, attributes: str | Sequence[str],
     test_batch.position(site.position)  # an unknown position fails before any forward
 
     engine = Engine(adapter, batch_size=batch_size)
-    h_fit = engine.capture(task.encode(fit_s), [site])[1][site]
+    if interventional:  # their training runs from the fit prompts' prefix states: capture them once
+        fit_out, fit_acts, fit_whole = engine.capture_prepared(task.encode(fit_s), [site])
+    else:
+        (fit_out, fit_acts), fit_whole = engine.capture(task.encode(fit_s), [site]), None
+    h_fit = fit_acts[site]
     d = h_fit.shape[-1]
     feats = _ready(dicts, d, site)
     clean, test_acts, whole = engine.capture_prepared(test_batch, [site])
@@ -596,11 +607,11 @@ def evaluate_dictionaries(model, task, site, attributes: str | Sequence[str],
         elif f.learns_from_activations and not f.learns_from_interventions and not f.fitted:
             with torch.enable_grad():
                 f.fit_activations(h_fit)
-    per_attribute = {}
+    per_attribute, fit = {}, (fit_s, fit_out, h_fit, fit_whole)
     for label in interventional:
         for a in attributes:
             with torch.enable_grad():
-                per_attribute[label, a] = _trained(engine, task, feats[label], site, a, fit_s, fit_targets[a], seed,
+                per_attribute[label, a] = _trained(engine, task, feats[label], site, a, fit, fit_targets[a], seed,
                                                    epochs, lr, train_batch_size, progress)
 
     approx = {label: f.eval() for label, f in feats.items() if label not in interventional}
@@ -617,7 +628,8 @@ def evaluate_dictionaries(model, task, site, attributes: str | Sequence[str],
             "position": site.position, "component": site.component, "attributes": attributes,
             "dictionaries": {label: {"class": type(f).__name__, "config": f.config()} for label, f in dicts.items()},
             "n_fit": n_fit, "n_test": n_test, "edit_k": ks, "seed": seed, "batch_size": batch_size,
-            "contrast": contrast if contrast is None or isinstance(contrast, str) else getattr(contrast, "__name__", "fn"),
+            "contrast": (contrast if contrast is None or isinstance(contrast, str)
+                         else getattr(contrast, "__name__", "a function")),
             "accuracy": float(task.correct(clean, labels).float().mean()), "ld_clean": float(at.ld_clean.mean()),
             "ld_ablated": float(at.ld_ablated.mean()), "effect": effect,
             "thresholds": {"f1_cover": F1_COVER, "f1_causal": F1_CAUSAL, "precise": PRECISE, "matters": MATTERS,
@@ -710,7 +722,8 @@ class DictionaryResults(Results):
         import matplotlib.pyplot as plt
 
         t = self.table
-        attributes, names = self.meta["attributes"], list(dict.fromkeys(t.loc[t["dictionary"] != "patch", "dictionary"]))
+        attributes = self.meta["attributes"]
+        names = list(dict.fromkeys(t.loc[t["dictionary"] != "patch", "dictionary"]))
         fig, axes = plt.subplots(1, len(attributes) + 2, figsize=(4.2 * (len(attributes) + 2), 3.6),
                                  constrained_layout=True, squeeze=False)
         axes = axes[0]

@@ -118,7 +118,8 @@ class SupervisedDictionary(Featurizer):
         cols = self._columns(values, n)
         missing = [a for a in self.attribute_names if a not in cols]
         if missing:
-            raise FeaturizerError(f"{self.name} needs the values of every attribute it was fitted on; missing {missing}")
+            raise FeaturizerError(f"{self.name} needs the values of every attribute it was fitted on; "
+                                  f"missing {missing}")
         out = torch.zeros(n, len(self.values_), dtype=self.mean.dtype if self.d is not None else torch.float32)
         for a in self.attribute_names:
             index = {self.values_[i]: i for i in self.atoms_of(a)}
