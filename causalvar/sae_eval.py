@@ -713,9 +713,10 @@ class DictionaryResults(Results):
         return t.pivot_table(index="dictionary", columns=["attribute", "test"], values="value", sort=False)
 
     def figure(self, path=None):
-        """Approximation (sufficiency, necessity per dictionary), control (edit accuracy against k, one panel
-        per attribute, the no-edit baseline dashed) and interpretability (best F1 per attribute, O: occluded,
-        S: over-split). Saved to ``path`` when given; returns the matplotlib figure."""
+        """Top: approximation (sufficiency, necessity per dictionary), the edit accuracy against k for each
+        attribute (the no-edit baseline dashed), interpretability (best F1 per attribute; O: occluded, S:
+        over-split). Bottom: the edit magnitude at each dictionary's largest k, and each attribute's LD share
+        against k. Saved to ``path`` when given; returns the matplotlib figure."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -724,35 +725,32 @@ class DictionaryResults(Results):
         t = self.table
         attributes = self.meta["attributes"]
         names = list(dict.fromkeys(t.loc[t["dictionary"] != "patch", "dictionary"]))
-        fig, axes = plt.subplots(1, len(attributes) + 2, figsize=(4.2 * (len(attributes) + 2), 3.6),
+        fig, axes = plt.subplots(2, len(attributes) + 2, figsize=(4.2 * (len(attributes) + 2), 7.2),
                                  constrained_layout=True, squeeze=False)
-        axes = axes[0]
-        approx = t[t["test"].isin(["sufficiency", "necessity"])]
-        shown = [x for x in names if x in set(approx["dictionary"])]
-        for j, test in enumerate(["sufficiency", "necessity"]):
-            sub = approx[approx["test"] == test].set_index("dictionary").reindex(shown)
-            err = [(sub["value"] - sub["ci_low"]).clip(lower=0), (sub["ci_high"] - sub["value"]).clip(lower=0)]
-            axes[0].bar([i + 0.4 * j for i in range(len(shown))], sub["value"], 0.4, yerr=err, label=test)
-        axes[0].set_xticks([i + 0.2 for i in range(len(shown))], shown, rotation=30, ha="right", fontsize=7)
-        axes[0].axhline(1, color="grey", lw=0.5)
-        axes[0].set_title("approximation", fontsize=9)
-        axes[0].legend(fontsize=7)
-        for ax, a in zip(axes[1:], attributes):
-            edit = t[(t["attribute"] == a) & t["test"].str.startswith("edit_accuracy@")]
-            for label, g in edit.groupby("dictionary", sort=False):
-                ax.plot(g["k"], g["value"], "o-" if len(g) > 1 else "s", label=label)
-            if len(edit):
-                ax.axhline(edit["baseline"].iloc[0], color="grey", ls="--", lw=0.8, label="no edit")
-            ax.set_ylim(-0.02, 1.02)
-            ax.set_xlabel("features changed (k)")
-            ax.set_title(f"control: edit {a}", fontsize=9)
-            ax.legend(fontsize=6)
-        ax = axes[-1]
+        self._bars(axes[0][0], t[t["test"].isin(["sufficiency", "necessity"])], "test", names, "approximation")
+        widest = t[t["test"].str.startswith("edit_magnitude@")].copy()
+        widest = widest[widest["k"] == widest.groupby(["dictionary", "attribute"])["k"].transform("max")]
+        self._bars(axes[1][0], widest, "attribute", names, "edit magnitude (largest k)")
+        for j, a in enumerate(attributes):
+            for ax, test, title in ((axes[0][j + 1], "edit_accuracy@", f"control: edit {a}"),
+                                    (axes[1][j + 1], "edit_ld@", f"share of the patch's ΔLD: edit {a}")):
+                edit = t[(t["attribute"] == a) & t["test"].str.startswith(test)]
+                for label, g in edit.groupby("dictionary", sort=False):
+                    ax.plot(g["k"], g["value"], "o-" if len(g) > 1 else "s", label=label)
+                if test == "edit_accuracy@" and len(edit):
+                    effect = t[(t["dictionary"] == "patch") & (t["attribute"] == a)]["value"]
+                    ax.axhline(edit["baseline"].iloc[0], color="grey", ls="--", lw=0.8, label="no edit")
+                    title += f" (patch effect {float(effect.iloc[0]):.2f})" if len(effect) else ""
+                ax.axhline(0 if test == "edit_ld@" else 1, color="grey", lw=0.4)
+                ax.set_xlabel("features changed (k)")
+                ax.set_title(title, fontsize=9)
+                ax.legend(fontsize=6)
+        ax = axes[0][-1]
         f1 = t[t["test"] == "f1"].pivot_table(index="dictionary", columns="attribute", values="value", sort=False)
         f1 = f1.reindex(index=[x for x in names if x in f1.index], columns=attributes)
         im = ax.imshow(f1.values, vmin=0, vmax=1, cmap="viridis", aspect="auto")
         flags = t.set_index(["dictionary", "attribute", "test"])["value"]
-        for (i, label) in enumerate(f1.index):
+        for i, label in enumerate(f1.index):
             for j, a in enumerate(f1.columns):
                 mark = "".join(c for c, test in (("O", "occluded"), ("S", "over_split"))
                                if flags.get((label, a, test), 0) == 1)
@@ -763,6 +761,7 @@ class DictionaryResults(Results):
         ax.set_yticks(range(len(f1.index)), f1.index, fontsize=7)
         ax.set_title("interpretability: best F1", fontsize=9)
         fig.colorbar(im, ax=ax, shrink=0.8)
+        axes[1][-1].axis("off")
         fig.suptitle(f"{self.meta['task']} at {self.meta['site']}", fontsize=10)
         if path is not None:
             from pathlib import Path
@@ -771,6 +770,23 @@ class DictionaryResults(Results):
             fig.savefig(path, dpi=130, bbox_inches="tight")
             plt.close(fig)
         return fig
+
+    @staticmethod
+    def _bars(ax, rows, group: str, names: list[str], title: str) -> None:
+        """``rows``' values as bars per dictionary (in ``names``' order), one bar per ``group`` value, with
+        their intervals."""
+        shown = [x for x in names if x in set(rows["dictionary"])]
+        groups = list(dict.fromkeys(rows[group]))
+        width = 0.8 / max(len(groups), 1)
+        for j, key in enumerate(groups):
+            sub = rows[rows[group] == key].set_index("dictionary").reindex(shown)
+            err = [(sub["value"] - sub["ci_low"]).clip(lower=0).fillna(0),
+                   (sub["ci_high"] - sub["value"]).clip(lower=0).fillna(0)]
+            ax.bar([i + width * j for i in range(len(shown))], sub["value"], width, yerr=err, label=str(key))
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(shown))], shown, rotation=30, ha="right", fontsize=7)
+        ax.axhline(1, color="grey", lw=0.5)
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
 
     def save(self, directory):
         """``Results.save`` (results.json, results.csv, the fitted dictionaries) and ``best_features.csv``."""
