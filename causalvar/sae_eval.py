@@ -226,10 +226,14 @@ def _single_input_edit(cm, attribute: str, others: Sequence[str]) -> Callable:
 def _targets(cm, attribute: str, attributes: Sequence[str], bases: list[dict], gen, rng) -> list[dict]:
     """The edited prompt of each base: ``attribute`` changed, the other attributes kept (refused otherwise)."""
     others = [a for a in attributes if a != attribute]
+    given = gen is not None
     gen = gen or _single_input_edit(cm, attribute, others)
     out = []
     for i, b in enumerate(bases):
         t = gen(dict(b), rng)
+        if t is None and given:
+            raise DictionaryError(f"the edit generator of attribute {attribute!r} returned None on example {i} "
+                                  f"{dict(b)}; it must return the base's inputs with that attribute changed")
         if t is None:
             raise DictionaryError(f"no change of a single input edits attribute {attribute!r} alone in example {i} "
                                   f"{dict(b)}; pass edits={{{attribute!r}: generator}}, a function (base, rng) -> "
@@ -529,7 +533,8 @@ def evaluate_dictionaries(model, task, site, attributes: str | Sequence[str],
             changed`` and the other attributes kept; default: the task's ``edits`` where it has them, else the
             first change of a single input that does it (to a value no other input holds where there is one).
         contrast: r′ of the logit difference: a causal-model variable (IOI: ``"subject"``), a function of a
-            prompt's variable values giving an output value, or ``None``: the clean run's best other class.
+            prompt's variable values giving an output value; default: the task's ``contrast`` where it names
+            one, else the clean run's best class other than the answer.
         batch_size: rows per forward. executor: runs the cells (default ``cv.sweep.InProcessExecutor()``).
     Returns: ``DictionaryResults``: ``table`` (dictionary, attribute, test, value, n, ci_low, ci_high, baseline,
     k, edit) with the tests ``sufficiency``, ``necessity`` (bootstrap intervals), ``edit_accuracy@k``
@@ -557,6 +562,7 @@ def evaluate_dictionaries(model, task, site, attributes: str | Sequence[str],
         raise DictionaryError(f"edits names {sorted(set(edits) - set(attributes))}, which are not among the "
                               f"attributes {attributes}")
     gens = {a: edits.get(a) or dict(getattr(task, "edits", None) or {}).get(a) for a in attributes}
+    contrast = getattr(task, "contrast", None) if contrast is None else contrast
     if isinstance(contrast, str) and contrast not in cm.variables:
         raise DictionaryError(f"contrast {contrast!r} is not a variable of the causal model {list(cm.variables)}")
     executor = executor or InProcessExecutor()

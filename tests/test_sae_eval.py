@@ -197,6 +197,14 @@ def test_bad_input_is_refused_in_the_users_terms():
         cv.evaluate_dictionaries(NET, TASK, SITE, ["a", "b"], [fitted_on_a], 20, 10, progress=False)
     with pytest.raises(DictionaryError, match="edit_k"):
         cv.evaluate_dictionaries(NET, TASK, SITE, ["a"], [Neurons()], 20, 10, edit_k=0, progress=False)
+    import copy
+
+    odd = copy.copy(TASK)
+    odd.edits, odd.contrast = {"a": lambda s, rng: None}, "nothing"
+    with pytest.raises(DictionaryError, match="contrast 'nothing' is not a variable"):
+        cv.evaluate_dictionaries(NET, odd, SITE, ["a"], [Neurons()], 20, 10, progress=False)
+    with pytest.raises(DictionaryError, match="edit generator of attribute 'a' returned None"):
+        cv.evaluate_dictionaries(NET, odd, SITE, ["a"], [Neurons()], 20, 10, contrast="c", progress=False)
     with pytest.raises(DictionaryError, match="also changes"):
         cv.evaluate_dictionaries(NET, TASK, SITE, ["a", "b"], [Neurons()], 20, 10, progress=False,
                                  edits={"a": lambda s, rng: {**s, "a": (s["a"] + 1) % 3, "b": (s["b"] + 1) % 3}})
