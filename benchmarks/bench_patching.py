@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -63,7 +64,7 @@ def agreement(exact, fast) -> dict:
     diff = abs(a - b)
     worst = exact.table.iloc[int(diff.argmax())]
     by_layer = exact.table.assign(diff=diff).groupby("layer")["diff"].max()
-    return {"pearson_r": round(float(torch.corrcoef(torch.tensor([a, b]))[0, 1]), 4),
+    return {"pearson_r": round(float(np.corrcoef(a, b)[0, 1]), 4),
             "max_abs_diff": round(float(diff.max()), 4), "mean_abs_diff": round(float(diff.mean()), 4),
             "worst_cell": {"layer": int(worst["layer"]), "position": str(worst["position"]), "head": worst["head"],
                            "exact": round(float(a[diff.argmax()]), 4), "attribution": round(float(b[diff.argmax()]), 4)},

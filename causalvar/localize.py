@@ -90,7 +90,7 @@ def localize(model, task, variable: str | Sequence[str], featurizer: Featurizer 
              filter_correct: bool = True,
              changes_output: bool = False, component: str = "resid_post", out: str | Path | None = None,
              progress: bool = True, max_memory_gb: float | None = 4.0, train_batch_size: int = 64,
-             metrics: Sequence[Metric | str] | None = None, executor=None) -> Results:
+             metrics: Sequence[Metric | str] | None = None, controls: int = 0, executor=None) -> Results:
     """Localize ``variable`` (one or several) with ``featurizer`` (one or several) at every
     ``layers`` × ``positions`` cell, and score each on held-out pairs by the task's metric (IIA;
     tasks with real-valued outputs name theirs, e.g. the squared error of IOI's logit difference).
@@ -129,6 +129,11 @@ def localize(model, task, variable: str | Sequence[str], featurizer: Featurizer 
             "logit_diff", "prob", "kl_diff", ...); the first is the table's primary metric (with ``n``,
             the interval and the baseline). Default: the task's metric, which is also what training
             minimises and early stopping reads.
+        controls: score, beside each fitted featurizer, this many random same-size controls at its cell
+            (``featurizers.subspace.random_controls``: random orthonormal subspaces of a DAS or PCA
+            subspace's dimension, random selections of as many neurons or basis vectors for a mask),
+            seeded; columns ``controls``, ``control_mean``, ``control_max`` (the best control); the
+            heatmap hatches cells that do not beat their best control. The full vector has none (NaN).
         executor: runs the planned cells (default ``cv.sweep.InProcessExecutor()``).
     Returns: ``Results`` (``.table``, ``.heatmap(path)``, ``.save(dir)``). Each row holds the metric, its
     ``baseline`` (the metric with nothing interchanged: the network's own outputs on the bases scored
@@ -140,6 +145,7 @@ def localize(model, task, variable: str | Sequence[str], featurizer: Featurizer 
     check_count("n_test", n_test, 1, "evaluation pairs per set")
     check_count("batch_size", batch_size, 1, "rows per forward")
     check_training(epochs, lr, val_fraction, patience, train_batch_size)
+    check_count("controls", controls, 0, "random same-size controls per cell")
     adapter = as_adapter(model)
     variables = _as_list(variable)
     layers = _as_layers(layers)
@@ -159,7 +165,7 @@ def localize(model, task, variable: str | Sequence[str], featurizer: Featurizer 
             "layers": [str(x) for x in layers], "positions": [str(p) for p in _as_list(positions)],
             "n_train": n_train, "n_test": n_test, "seed": seed, "epochs": epochs, "lr": lr,
             "train_batch_size": train_batch_size, "filter_correct": filter_correct, "component": component,
-            "metric": metrics[0].name, "lower_is_better": metrics[0].lower_is_better,
+            "controls": controls, "metric": metrics[0].name, "lower_is_better": metrics[0].lower_is_better,
             **({"metrics": [m.name for m in metrics]} if len(metrics) > 1 else {}), "data": {}}
     store = RunStore(out, {k: v for k, v in meta.items() if k != "data"}) if out is not None else None
     try:
@@ -173,7 +179,7 @@ def localize(model, task, variable: str | Sequence[str], featurizer: Featurizer 
                                 filter_correct, changes_output, meta["data"])
             if v == variables[0]:  # the capture pass gives every site's size: check all cells before any runs
                 _check_sites(feats, {s: prepared.train.sources[s].shape[-1] for s in sites})
-            cells = [Cell(v, f, s, training) for f in feats for s in sites]
+            cells = [Cell(v, f, s, training, controls) for f in feats for s in sites]
             for result in executor.run(cells, prepared, store, progress, desc=f"localize {v}"):
                 results.rows += result.rows
                 if result.featurizer is not None:

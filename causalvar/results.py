@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from featurizers import Featurizer
@@ -88,6 +89,7 @@ class Results:
         value = value or self.metric
         cmap = "viridis_r" if value == self.metric and self.lower_is_better else "viridis"
         baseline = value == self.metric and "baseline" in t.columns  # old result files have none
+        controlled = value == self.metric and "control_max" in t.columns and t["control_max"].notna().any()
         shown = t.groupby(["variable", "featurizer", "layer", "position"])[value].mean()  # per cell
         limits = dict(vmin=0, vmax=1) if value == "iia" else dict(vmin=shown.min(), vmax=shown.max())
         feats = list(dict.fromkeys(t["featurizer"]))
@@ -104,12 +106,18 @@ class Results:
                 sub = t[(t["featurizer"] == f) & (t["variable"] == v)]  # several sets: their mean
                 grids = {col: sub.pivot_table(index="layer", columns="position", values=col, aggfunc="mean",
                                               sort=False).reindex(index=layers, columns=positions).to_numpy(float)
-                         for col in [value] + (["baseline"] if baseline else [])}
-                im = grid_panel(ax, grids[value], layers, positions, cmap, below=grids.get("baseline"), **limits)
+                         for col in [value] + (["baseline"] if baseline else []) + (["control_max"] if controlled else [])}
+                beaten = None
+                if controlled:  # hatched: not better than the best random control (NaN controls: never hatched)
+                    ctrl = grids["control_max"]
+                    beaten = ~np.isnan(ctrl) & ((grids[value] >= ctrl) if self.lower_is_better else (grids[value] <= ctrl))
+                im = grid_panel(ax, grids[value], layers, positions, cmap, below=grids.get("baseline"), hatched=beaten,
+                                **limits)
                 ax.set_title(f"{v} · {f}", fontsize=9)
                 ax.set_ylabel("layer" if j == 0 else "")
-        fig.colorbar(im, ax=axes, shrink=0.8,
-                     label=f"{value} (in parentheses: the no-effect baseline)" if baseline else value)
+        label = f"{value} (in parentheses: the no-effect baseline)" if baseline else value
+        fig.colorbar(im, ax=axes, shrink=0.8, label=label + ("; hatched: not above its best random control"
+                                                              if controlled else ""))
         if title:
             fig.suptitle(title)
         return saved(fig, path)

@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from featurizers import Featurizer
+from featurizers import Featurizer, FeaturizerError
+from featurizers.subspace import random_controls
 
 from .engine import Engine
 from .metrics import Metric
@@ -45,6 +46,8 @@ class Cell:
     featurizer: Featurizer
     site: Site
     training: Training = Training()
+    #: random same-size controls scored beside the fitted featurizer (``featurizers.subspace.random_controls``)
+    controls: int = 0
 
     @property
     def key(self) -> tuple[str, str, str, str]:
@@ -104,6 +107,7 @@ def run_cell(cell: Cell, data: SweepData, progress: bool = False) -> CellResult:
     torch.manual_seed(t.seed)
     feat = cell_featurizer(cell.featurizer)
     feat.build(data.train.sources[site].shape[-1])
+    controlled = cell.controls > 0 and _has_controls(feat)  # of subspace form: checked before any training
     info = {}
     if feat.learns_from_activations and not feat.fitted:
         fit_activations(feat, data.train, site)
@@ -113,17 +117,44 @@ def run_cell(cell: Cell, data: SweepData, progress: bool = False) -> CellResult:
                      patience=t.patience, progress=progress, desc=f"train {cell}")
         info.update(epochs_run=hist["epochs"], final_loss=round(hist["loss"][-1], 5))
     primary, *others = data.metrics
+    controls = random_controls(feat, cell.controls, t.seed) if controlled else []
     rows = []
     for name, test in data.tests.items():
         out = intervene(data.engine, test, site, feat)
         columns = primary.columns(out)
         for m in others:
             columns.update(m.columns(out, primary=False))
+        if cell.controls:
+            columns.update(_control_columns(data.engine, test, site, controls, primary))
         rows.append({"variable": cell.variable, "featurizer": cell.featurizer.name, "layer": site.layer,
                      "position": site.position, "dataset": name, **columns, "baseline": baseline(test, primary),
                      **({"n_distinct": data.distinct[name]} if name in data.distinct else {}), **info,
                      **feat.summary()})
     return CellResult(cell, rows, feat)
+
+
+def _has_controls(feat: Featurizer) -> bool:
+    """Whether random same-size controls exist for ``feat`` (not for the full vector); a featurizer not
+    of subspace form is refused before its cell trains."""
+    try:
+        R, idx = feat.subspace()
+    except FeaturizerError as e:
+        raise FeaturizerError(f"controls: {e}; random controls are same-size random subspaces, so score "
+                              f"{feat.name} with controls=0") from e
+    return not (R is None and idx is None)
+
+
+def _control_columns(engine: Engine, test: Split, site: Site, controls: list[Featurizer], metric: Metric) -> dict:
+    """``controls`` (how many), ``control_mean`` and ``control_max`` (the best control: the highest, or the
+    lowest where lower is better) of the metric over the random controls (none for the full vector: NaN)."""
+    if not controls:
+        return {"controls": 0, "control_mean": float("nan"), "control_max": float("nan")}
+    values = []
+    for ctrl in controls:
+        out = intervene(engine, test, site, ctrl)
+        values.append(metric.value(metric.score(out), out))
+    best = min(values) if metric.lower_is_better else max(values)
+    return {"controls": len(values), "control_mean": sum(values) / len(values), "control_max": best}
 
 
 class InProcessExecutor:

@@ -63,3 +63,27 @@ class Subspace(Featurizer):
 
     def subspace(self) -> tuple[torch.Tensor, list[int] | None]:
         return self.R.detach().float().cpu(), self._mask_indices()
+
+
+def random_controls(featurizer: Featurizer, k: int, seed: int = 0) -> list[Subspace]:
+    """``k`` random same-size controls of a fitted featurizer of subspace form (``featurizer.subspace()``):
+    for a subspace of dimension m (DAS, PCA), ``k`` random orthonormal m-dimensional subspaces of the same
+    space; for a selection of s coordinates of a basis (a learned DBM mask, chosen neurons), ``k`` random
+    selections of s coordinates of that basis. Drawn from ``seed``. The full vector has no smaller control:
+    a ``FeaturizerError``, as for featurizers not of subspace form."""
+    R, idx = featurizer.subspace()
+    d = featurizer.d
+    if R is None and idx is None:
+        raise FeaturizerError(f"{featurizer.name} interchanges the whole vector: every same-size subspace is the "
+                              "whole space, so it has no random control")
+    gen = torch.Generator().manual_seed(seed)
+    controls = []
+    for _ in range(k):
+        if idx is None:  # a learned or fitted subspace: a random one of its dimension
+            q, r = torch.linalg.qr(torch.randn(d, R.shape[1], generator=gen, dtype=torch.float64))
+            controls.append(Subspace.from_matrix((q * torch.sign(torch.diagonal(r))).float()))
+        else:  # a selection: as many random coordinates of the same basis
+            basis = torch.eye(d) if R is None else R
+            dims = torch.randperm(basis.shape[1], generator=gen)[:len(idx)].sort().values.tolist()
+            controls.append(Subspace.from_matrix(basis, dims=dims))
+    return controls

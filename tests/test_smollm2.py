@@ -78,3 +78,18 @@ def test_the_kept_conversion_is_the_gguf_model(smollm):
         theirs = gguf(**batch.inputs).logits[torch.arange(6), batch.read]
     torch.testing.assert_close(kept.forward(batch), theirs, atol=1e-5, rtol=1e-5)
     assert kept.tokenizer("When Mary and John went")["input_ids"] == smollm.tokenizer("When Mary and John went")["input_ids"]
+
+
+def test_attribution_patching_agrees_near_the_logits_and_not_at_the_early_names(smollm):
+    """IOI's STR corruption of ``output_token`` (other names): at the last block's read position the linear
+    screen matches exact patching (the tail is a norm and the unembedding), but writing the clean names
+    into the early residual stream moves the network far from where it was linearised, so attribution
+    misses most of that restoration (Kramár et al. and Zhang & Nanda saw the same in the early layers)."""
+    task = cv.tasks.ioi(smollm)
+    kw = dict(layers=[0, 29], positions=["io", "last"], n=16, progress=False)
+    exact = cv.patch(smollm, task, "output_token", **kw)
+    fast = cv.patch(smollm, task, "output_token", method="attribution", **kw)
+    value = lambda res, layer, pos: float(res.table.query("layer == @layer and position == @pos")[res.metric].iloc[0])
+    assert value(exact, 29, "last") == pytest.approx(1.0, abs=1e-4)
+    assert value(fast, 29, "last") == pytest.approx(1.0, abs=0.1)
+    assert value(exact, 0, "io") > 0.9 and value(exact, 0, "io") - value(fast, 0, "io") > 0.3
