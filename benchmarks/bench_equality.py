@@ -22,6 +22,10 @@ from featurizers import DAS, DBM, PCA, SAE, BoundlessDAS, Neurons, SupervisedDic
 from common import write_json
 
 
+#: the featurizers scored beside random same-size controls (the others are not of subspace form, or the full vector)
+CONTROLLED = ("das", "best_neurons", "pca", "dbm_neurons", "boundless_das")
+
+
 def greedy_neurons(engine, split, site, k: int, d: int) -> list[int]:
     """Add, one at a time, the neuron whose inclusion gives the best IIA on ``split``."""
     chosen: list[int] = []
@@ -39,6 +43,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--k", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--controls", type=int, default=5, help="random same-size controls per controlled featurizer")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     torch.set_num_threads(1)  # a tiny network: one thread is fastest
@@ -54,17 +59,29 @@ def main() -> None:
         feats = [DAS(dim=k), Neurons(dims=best[layer]), Neurons(dims=range(k)), PCA(n_components=k),
                  SAE(k=k, d_sae=4 * d), DBM(Neurons()), SupervisedDictionary(), BoundlessDAS()]
         names = ["das", "best_neurons", "first_neurons", "pca", "sae", "dbm_neurons", "supervised", "boundless_das"]
-        res = cv.localize(mlp, task, "left", feats, layers=[layer], n_train=args.n_train, n_test=args.n_test,
-                          epochs=args.epochs, lr=1e-2, seed=args.seed, progress=False)
-        for name, row in zip(names, res.rows):
+        scored = {}  # featurizer name -> its row: those of subspace form with random controls, the others without
+        for group, controls in (([f for f, m in zip(feats, names) if m in CONTROLLED], args.controls),
+                                ([f for f, m in zip(feats, names) if m not in CONTROLLED], 0)):
+            res = cv.localize(mlp, task, "left", group, layers=[layer], n_train=args.n_train, n_test=args.n_test,
+                              epochs=args.epochs, lr=1e-2, seed=args.seed, controls=controls, progress=False)
+            scored.update({row["featurizer"]: row for row in res.rows})
+        for name, feat in zip(names, feats):
+            row = scored[feat.name]
             rows.append({"method": name, "featurizer": row["featurizer"], "layer": layer, "iia": row["iia"],
-                         "ci_low": row["ci_low"], "ci_high": row["ci_high"], "n": row["n"],
-                         **{key: row[key] for key in ("kept", "of", "size", "epochs_run") if key in row}})
+                         "ci_low": row["ci_low"], "ci_high": row["ci_high"], "n": row["n"], "baseline": row["baseline"],
+                         **{key: row[key] for key in ("control_mean", "control_max", "kept", "of", "size",
+                                                      "epochs_run") if key in row}})
     table = {}
     for r in rows:
-        table.setdefault(r["method"], {})[r["layer"]] = r["iia"]
+        cell = f"{r['iia']:.3f}"
+        if "control_max" in r:
+            cell += f" ({r['control_mean']:.2f} / {r['control_max']:.2f})"
+        table.setdefault(r["method"], {})[r["layer"]] = cell
     lines = ["| featurizer | block 0 | block 1 | block 2 |", "|---|---|---|---|"]
-    lines += [f"| {m} | " + " | ".join(f"{table[m][l]:.3f}" for l in layers) + " |" for m in table]
+    lines += [f"| {m} | " + " | ".join(table[m][l] for l in layers) + " |" for m in table]
+    lines += ["", f"In parentheses: the mean and the best IIA of {args.controls} random same-size controls "
+              "(random subspaces of DAS's and PCA's dimension, random neurons and masks of the same size); "
+              f"the no-effect baseline is {rows[0]['baseline']:.3f}."]
     print("\n".join(lines))
     write_json("equality", {
         "args": vars(args), "best_neurons": {str(l): best[l] for l in layers},

@@ -74,10 +74,16 @@ class BoundlessDAS(DAS):
     ``M_i = σ((b·d − i)/τ)`` with τ annealed linearly from ``temperature[0]`` to ``temperature[1]``
     (``set_progress``); evaluation the hard mask ``i < round(b·d)``. ``regularizer()`` is the penalty ``b``.
 
+    τ is in rotated coordinates: at τ the mask falls from 0.73 to 0.27 over 2τ of them around ``b·d``. The
+    default start, 8, was measured on the built-in equality MLP (d = 64, block 0, ``left``, 2000 training
+    pairs, 20 epochs, seeds 0–3): IIA 0.964–0.996 with a learned boundary of 24–27 coordinates, where a
+    start of 50 (pyvene's, for d = 4096) leaves every coordinate half-mixed for most of training and
+    reached 0.62–0.75.
+
     (pyvene multiplies in a left factor ``σ(i/τ)``, which only halves coordinate 0; it is left out here.)
     """
 
-    def __init__(self, init_boundary: float = 0.5, temperature: Sequence[float] = (50.0, 0.1)):
+    def __init__(self, init_boundary: float = 0.5, temperature: Sequence[float] = (8.0, 0.1)):
         super().__init__(dim=None)
         ok = isinstance(init_boundary, numbers.Real) and not isinstance(init_boundary, bool)
         if not (ok and 0 < init_boundary <= 1):

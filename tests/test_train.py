@@ -86,3 +86,14 @@ def test_pyvene_runs_a_trained_das_with_the_same_iia(tokenizer):
     ref = pyvene_logits(adapter, bases, sources, site, das, batch_size=8)
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
     assert task.correct(ours, test.labels).tolist() == task.correct(ref, test.labels).tolist()
+
+
+def test_boundless_das_learns_left_at_block_0_with_a_boundary_of_its_own(equality):
+    """The boundary and temperature schedule learn: IIA ≥ 0.95 at block 0 of the equality MLP (a 64-wide
+    layer), the learned subspace reported by size, well inside the layer and its controls far below."""
+    task, net = equality
+    res = cv.localize(net, task, "left", BoundlessDAS(), layers=[0], n_train=2000, n_test=500, epochs=20, seed=0,
+                      controls=3, progress=False)
+    row = res.rows[0]
+    assert row["iia"] >= 0.95 and 4 <= row["size"] <= 48
+    assert row["control_max"] < row["iia"] - 0.2
