@@ -15,12 +15,12 @@ from .sites import Site
 from .splits import TooFewPairsError, task_accuracy
 from .sweep import Cell, InProcessExecutor, run_cell
 from .task import PromptTask, Task, word
-from .train import TrainingError, fit
+from .train import ConvergenceWarning, TrainingError, fit
 from .validate import Interpretation, InterpretationError, Step, ValidationResults, validate
 
 __all__ = ["CausalModel", "CausalModelError", "CounterfactualDataset", "CounterfactualError", "DuplicatePairsWarning",
            "NoEffectWarning", "Engine", "TaskError", "localize", "Metric", "MetricError", "clopper_pearson",
            "epsilon_bound", "iia", "HFModel", "ModelError", "TLModel", "TorchModel", "as_adapter", "load_model",
            "Results", "RunFolderError", "Site", "TooFewPairsError", "task_accuracy", "Cell", "InProcessExecutor",
-           "run_cell", "PromptTask", "Task", "word", "TrainingError", "fit", "patch", "Interpretation",
+           "run_cell", "PromptTask", "Task", "word", "TrainingError", "ConvergenceWarning", "fit", "patch", "Interpretation",
            "InterpretationError", "Step", "ValidationResults", "validate", "metrics", "patching", "sweep", "tasks", "evaluate_dictionaries", "DictionaryResults"]

@@ -18,7 +18,7 @@ from .runstore import RunStore
 from .sites import Site
 from .splits import Split, build_splits, drawn_splits, warn_no_effect
 from .sweep import Cell, InProcessExecutor, SweepData, Training, trained
-from .train import check_count, check_training
+from .train import EPOCHS, PATIENCE, ConvergenceWarning, check_count, check_training
 
 
 def _as_list(x) -> list:
@@ -86,7 +86,7 @@ def _check_sites(feats: Sequence[Featurizer], sizes: dict[Site, int]) -> None:
 def localize(model, task, variable: str | Sequence[str], featurizer: Featurizer | Sequence[Featurizer],
              layers: int | str | Sequence[int | str], positions=None, n_train: int = 1000, n_test: int = 200,
              seed: int = 0, data: CounterfactualDataset | dict | None = None, batch_size: int = 64,
-             epochs: int = 3, lr: float = 1e-2, val_fraction: float = 0.2, patience: int = 3,
+             epochs: int = EPOCHS, lr: float = 1e-2, val_fraction: float = 0.2, patience: int = PATIENCE,
              filter_correct: bool = True,
              changes_output: bool = False, component: str = "resid_post", out: str | Path | None = None,
              progress: bool = True, max_memory_gb: float | None = 4.0, train_batch_size: int = 64,
@@ -117,8 +117,11 @@ def localize(model, task, variable: str | Sequence[str], featurizer: Featurizer 
         batch_size: rows per forward when capturing activations and evaluating; no number depends on it.
         train_batch_size: training pairs per AdamW step of DAS/DBM; the trained featurizers (and so
             their scores) depend on it.
-        epochs, lr, patience: training of DAS/DBM (AdamW on the featurizer only), stopping after
-            ``patience`` epochs without a better validation IIA.
+        epochs, lr, patience: training of DAS/DBM (AdamW on the featurizer only) to convergence: stopping
+            after ``patience`` epochs without a better validation score (after the annealing schedule of
+            DBM and Boundless DAS), ``epochs`` the upper bound. Rows carry ``epochs_run``, ``converged``
+            (False: stopped at the bound, still improving; a ``ConvergenceWarning`` counts them) and
+            ``val_curve`` (the validation score per epoch).
         filter_correct: score only pairs the network gets right on base and source (MIB).
         changes_output: generate only pairs whose interchange changes the high-level output.
         out: a folder; every finished cell is appended to ``out/cells.jsonl`` and a rerun with the
@@ -184,6 +187,13 @@ def localize(model, task, variable: str | Sequence[str], featurizer: Featurizer 
                 results.rows += result.rows
                 if result.featurizer is not None:
                     results.featurizers[result.cell.key] = result.featurizer
+        stopped = [r for r in results.rows if r.get("converged") is False]
+        if stopped:
+            cells = sorted({f"{r['variable']} {r['featurizer']} L{r['layer']} {r['position']}" for r in stopped})
+            warnings.warn(ConvergenceWarning(
+                f"{len(cells)} trained cell(s) stopped at the upper bound epochs={epochs} with the validation score "
+                f"still improving (column converged=False): {', '.join(cells[:5])}{' ...' if len(cells) > 5 else ''}; "
+                "raise epochs, or the learning rate"), stacklevel=2)
         if out is not None:
             results.save(out)
         return results

@@ -22,18 +22,18 @@ from .metrics import Metric
 from .runstore import RunStore, featurizer_dir
 from .sites import Site
 from .splits import Split, baseline, fit_activations, intervene
-from .train import train
+from .train import EPOCHS, PATIENCE, train
 
 
 @dataclass(frozen=True)
 class Training:
     """How a cell fits a featurizer that learns from interventions (AdamW on the featurizer only, the
-    best validation state kept, stopping after ``patience`` epochs without improvement). The training
-    batch is fixed by the prepared training split's chunks."""
+    best validation state kept, stopping after ``patience`` epochs without improvement, ``epochs`` the
+    upper bound). The training batch is fixed by the prepared training split's chunks."""
 
-    epochs: int = 3
+    epochs: int = EPOCHS
     lr: float = 1e-2
-    patience: int = 3
+    patience: int = PATIENCE
     seed: int = 0
 
 
@@ -115,7 +115,8 @@ def run_cell(cell: Cell, data: SweepData, progress: bool = False) -> CellResult:
         val = data.val if data.val is not None and len(data.val) else None
         hist = train(data.engine, feat, site, data.train, val, epochs=t.epochs, lr=t.lr, seed=t.seed,
                      patience=t.patience, progress=progress, desc=f"train {cell}")
-        info.update(epochs_run=hist["epochs"], final_loss=round(hist["loss"][-1], 5))
+        info.update(epochs_run=hist["epochs"], converged=hist["converged"], final_loss=round(hist["loss"][-1], 5),
+                    val_curve=[round(v, 5) for v in hist["val_score"]])
     primary, *others = data.metrics
     controls = random_controls(feat, cell.controls, t.seed) if controlled else []
     rows = []

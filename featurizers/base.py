@@ -196,8 +196,12 @@ class Featurizer(nn.Module):
         """An extra loss term added during training (e.g. DBM's L1 on the mask)."""
         return 0.0
 
+    #: featurizers with an annealed schedule (``set_progress``) anneal over this many epochs, and training
+    #: stops early (by the validation metric) only once the schedule has ended; ``None``: no schedule
+    anneal_epochs: int | None = None
+
     def set_progress(self, fraction: float) -> None:
-        """Told the fraction of training done (0 → 1), for annealed temperatures."""
+        """Told the fraction of the annealing schedule done (0 → 1), for annealed temperatures."""
 
     def summary(self) -> dict:
         """What was learned, for results tables (e.g. how many features a mask keeps)."""

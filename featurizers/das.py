@@ -83,7 +83,7 @@ class BoundlessDAS(DAS):
     (pyvene multiplies in a left factor ``σ(i/τ)``, which only halves coordinate 0; it is left out here.)
     """
 
-    def __init__(self, init_boundary: float = 0.5, temperature: Sequence[float] = (8.0, 0.1)):
+    def __init__(self, init_boundary: float = 0.5, temperature: Sequence[float] = (8.0, 0.1), anneal_epochs: int = 10):
         super().__init__(dim=None)
         ok = isinstance(init_boundary, numbers.Real) and not isinstance(init_boundary, bool)
         if not (ok and 0 < init_boundary <= 1):
@@ -92,6 +92,7 @@ class BoundlessDAS(DAS):
         self.init_boundary = float(init_boundary)
         self.temperature = check_temperature("BoundlessDAS", temperature)
         self.tau = self.temperature[0]
+        self.anneal_epochs = check_count("BoundlessDAS", "anneal_epochs", anneal_epochs)
 
     @property
     def name(self) -> str:

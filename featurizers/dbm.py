@@ -9,7 +9,7 @@ from itertools import chain
 import torch
 from torch import nn
 
-from .base import Featurizer, FeaturizerError, Tags, check_temperature
+from .base import Featurizer, FeaturizerError, Tags, check_count, check_temperature
 
 
 class DBM(Featurizer):
@@ -25,13 +25,16 @@ class DBM(Featurizer):
         featurizer: the inner featurizer (unfitted or fitted; it is owned by this DBM).
         l1: weight of the L1 penalty on the soft mask (MIB baselines: 0).
         temperature: (start, end) of the annealed temperature.
+        anneal_epochs: the epochs the temperature anneals over (training runs at least these, then stops
+            by the validation metric).
     """
 
     def __featurizer_tags__(self) -> Tags:
         inner = self.featurizer.tags  # a mask over the inner featurizer's features, learned by intervening
         return replace(inner, learns_from=tuple(dict.fromkeys(inner.learns_from + ("interventions",))))
 
-    def __init__(self, featurizer: Featurizer, l1: float = 0.0, temperature: Sequence[float] = (1.0, 0.01)):
+    def __init__(self, featurizer: Featurizer, l1: float = 0.0, temperature: Sequence[float] = (1.0, 0.01),
+                 anneal_epochs: int = 10):
         super().__init__()
         if isinstance(featurizer, type) and issubclass(featurizer, Featurizer):
             raise FeaturizerError(f"DBM wraps a featurizer instance, got the class {featurizer.__name__}; "
@@ -45,6 +48,7 @@ class DBM(Featurizer):
         self.l1 = float(l1)
         self.temperature = check_temperature("DBM", temperature)
         self.tau = self.temperature[0]
+        self.anneal_epochs = check_count("DBM", "anneal_epochs", anneal_epochs)
         self.fitted = featurizer.fitted
         self.k: int | None = None  # the inner featurizer's feature count, known after build
 
