@@ -747,6 +747,7 @@ class DictionaryResults(Results):
                     effect = t[(t["dictionary"] == "patch") & (t["attribute"] == a)]["value"]
                     ax.axhline(edit["baseline"].iloc[0], color="grey", ls="--", lw=0.8, label="no edit")
                     title += f" (patch effect {float(effect.iloc[0]):.2f})" if len(effect) else ""
+                    ax.set_ylim(-0.02, 1.02)
                 ax.axhline(0 if test == "edit_ld@" else 1, color="grey", lw=0.4)
                 ax.set_xlabel("features changed (k)")
                 ax.set_title(title, fontsize=9)
