@@ -223,3 +223,12 @@ def test_generic_activations_are_the_models_own_text_at_every_token(tokenizer):
     assert not torch.allclose(both[0], both[1])
     with pytest.raises(DictionaryError, match="language model"):
         generic_activations(NET, 0)
+
+
+def test_the_same_seed_gives_the_same_table():
+    run = lambda: cv.evaluate_dictionaries(NET, TASK, SITE, ["a", "c"], [SupervisedDictionary(), PCA()], 60, 40,
+                                           edit_k=(1, 3), seed=3, progress=False).table
+    first, second = run(), run()
+    # 2 dictionaries x (sufficiency, necessity); 2 patch effects; per attribute the supervised edit's 3 rows
+    # (accuracy, LD share, magnitude) and PCA's at 2 k; per dictionary and attribute 4 interpretability rows
+    assert first.equals(second) and len(first) == 2 * 2 + 2 + 2 * (3 + 2 * 3) + 2 * 2 * 4
