@@ -796,9 +796,30 @@ class DictionaryResults(Results):
         ax.legend(fontsize=7)
 
     def save(self, directory):
-        """``Results.save`` (results.json, results.csv, the fitted dictionaries) and ``best_features.csv``."""
+        """``Results.save`` (results.json, results.csv, the fitted dictionaries) and ``best_features.json``."""
+        import json
+
         from .runstore import write_text
 
         d = super().save(directory)
-        write_text(d / "best_features.csv", self.best_features.to_csv(index=False))
+        write_text(d / "best_features.json", json.dumps(self.matches, indent=1, default=str))
         return d
+
+    @classmethod
+    def load(cls, directory) -> "DictionaryResults":
+        """Read what ``save`` wrote: rows, meta, best features and the fitted dictionaries."""
+        import json
+        from pathlib import Path
+
+        from .runstore import featurizer_dir
+
+        d = Path(directory)
+        blob = json.loads((d / "results.json").read_text())
+        meta = blob["meta"]
+        feats = {}
+        for label in meta["dictionaries"]:
+            for scope in ["all", *meta["attributes"]]:
+                key = (scope, label, meta["layer"], meta["position"])
+                if (d / featurizer_dir(*key) / "featurizer.json").exists():
+                    feats[key] = Featurizer.load(d / featurizer_dir(*key))
+        return cls(blob["rows"], meta, feats, json.loads((d / "best_features.json").read_text()))

@@ -149,8 +149,12 @@ def test_results_save_and_figure(planted, tmp_path):
     planted.figure(tmp_path / "fig.png")
     out = planted.save(tmp_path / "run")
     assert (tmp_path / "fig.png").stat().st_size > 0
-    assert {"results.json", "results.csv", "best_features.csv"} <= {p.name for p in out.iterdir()}
-    assert (out / "featurizers" / "all" / "supervised" / "L0_None" / "featurizer.json").exists()
+    assert {"results.json", "results.csv", "best_features.json"} <= {p.name for p in out.iterdir()}
+    back = DictionaryResults.load(out)
+    assert back.table.equals(planted.table) and back.best_features.equals(planted.best_features)
+    h = torch.randn(5, D)
+    for key in (("all", "supervised", 0, None), ("all", "sae", 0, None)):
+        torch.testing.assert_close(back.featurizers[key].encode(h)[0], planted.featurizers[key].encode(h)[0])
     assert list(planted.table.columns[:8]) == DictionaryResults().columns
 
 
