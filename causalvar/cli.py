@@ -9,6 +9,8 @@
         --layers all --positions io,s2,last --out runs/patch
                                          activation patching (no training): a folder per setting
                                          (table, heatmap) and STR against GN side by side
+    causalvar report runs/demo           runs/demo/report.html: every results folder of the run on one
+                                         self-contained page (figures, grids, best cells, tables)
 """
 from __future__ import annotations
 
@@ -65,8 +67,11 @@ def demo(args) -> int:
     for part, res in (("sweep", sweep), ("bases", bases)):
         for v, report in res.meta["data"].items():
             print(f"{part} {v}: " + "; ".join(report))
-    print(f"\nwrote {out}/sweep and {out}/bases (results.csv, results.json, heatmap.png, fitted featurizers) "
-          f"in {time.time() - t0:.0f} s")
+    from .report import write_report
+
+    report = write_report(out)
+    print(f"\nwrote {out}/sweep and {out}/bases (results.csv, results.json, heatmap.png, fitted featurizers) and "
+          f"{report} (one self-contained page of both) in {time.time() - t0:.0f} s")
     return 0
 
 
@@ -293,6 +298,14 @@ def patch_cmd(args) -> int:
     return 0
 
 
+def report_cmd(args) -> int:
+    from .report import write_report
+
+    path = write_report(args.run_dir)
+    print(f"wrote {path} (self-contained: open it offline, or send it)")
+    return 0
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with its errors as one line like every other error of the command."""
 
@@ -379,6 +392,9 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=_at_least(1), default=64, help="rows per forward (no score depends on it)")
     p.add_argument("--out", required=True, help="results folder")
     p.set_defaults(func=patch_cmd)
+    p = sub.add_parser("report", parents=[common], help="one self-contained HTML page of a run folder")
+    p.add_argument("run_dir", help="a run folder (e.g. runs/demo): every results folder in it gets a section")
+    p.set_defaults(func=report_cmd)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
