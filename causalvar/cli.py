@@ -9,6 +9,7 @@
         --layers all --positions io,s2,last --out runs/patch
                                          activation patching (no training): a folder per setting
                                          (table, heatmap) and STR against GN side by side
+    causalvar run experiment.yaml        any of the above from a validated YAML file (copied into the run)
     causalvar report runs/demo           runs/demo/report.html: every results folder of the run on one
                                          self-contained page (figures, grids, best cells, tables)
 """
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 
 from .splits import task_accuracy
+from .train import EPOCHS
 
 
 def _shown(res, keys: list[str]) -> str:
@@ -230,7 +232,7 @@ def localize_cmd(args) -> int:
     res = cv.localize(lm, task, variables, feats, layers=layers, positions=positions, n_train=args.n_train,
                       n_test=args.n_test, epochs=args.epochs, lr=args.lr, seed=args.seed,
                       batch_size=args.batch_size, train_batch_size=args.train_batch_size, out=out,
-                      progress=sys.stderr.isatty())
+                      controls=args.controls, progress=sys.stderr.isatty())
     res.heatmap(out / "heatmap.png", title=f"{args.task} on {args.model}")
     scores = res.mib_score()
     scores.to_csv(out / "mib_scores.csv", index=False)
@@ -296,6 +298,12 @@ def patch_cmd(args) -> int:
     print(f"\nwrote {', '.join(f'{out}/{c}_{k}' for c, k in runs)} (results.csv, results.json, heatmap.png)"
           + (f" and {out}/str_vs_gn_*.png" if len(corruptions) == 2 else ""))
     return 0
+
+
+def run_cmd(args) -> int:
+    from .experiment import run
+
+    return run(args.file)
 
 
 def report_cmd(args) -> int:
@@ -364,7 +372,10 @@ def main(argv=None) -> int:
     p.add_argument("--positions", default=None, help="comma-separated token roles or ints (default: last)")
     p.add_argument("--n-train", type=_at_least(0), default=256, help="training pairs per set (0: no featurizer learns)")
     p.add_argument("--n-test", type=_at_least(1), default=128, help="test pairs per set")
-    p.add_argument("--epochs", type=_at_least(1), default=2)
+    p.add_argument("--epochs", type=_at_least(1), default=EPOCHS,
+                   help=f"upper bound; training stops when the validation score stops improving (default {EPOCHS})")
+    p.add_argument("--controls", type=_at_least(0), default=0,
+                   help="random same-size controls scored beside each DAS/PCA/neuron/DBM cell (default 0)")
     p.add_argument("--lr", type=_positive, default=1e-2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=_at_least(1), default=32, help="rows per forward (no score depends on it)")
@@ -392,6 +403,9 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=_at_least(1), default=64, help="rows per forward (no score depends on it)")
     p.add_argument("--out", required=True, help="results folder")
     p.set_defaults(func=patch_cmd)
+    p = sub.add_parser("run", parents=[common], help="run an experiment file (YAML), validated before any model loads")
+    p.add_argument("file", help="experiment.yaml: analysis (localize, patch), task, out and the command's options")
+    p.set_defaults(func=run_cmd)
     p = sub.add_parser("report", parents=[common], help="one self-contained HTML page of a run folder")
     p.add_argument("run_dir", help="a run folder (e.g. runs/demo): every results folder in it gets a section")
     p.set_defaults(func=report_cmd)
