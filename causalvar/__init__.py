@@ -13,6 +13,7 @@ from .sae_eval import DictionaryResults, evaluate_dictionaries
 from .runstore import RunFolderError
 from .sites import Site
 from .splits import TooFewPairsError, task_accuracy
+from .executors import RayExecutor
 from .sweep import Cell, InProcessExecutor, run_cell
 from .task import PromptTask, Task, word
 from .train import ConvergenceWarning, TrainingError, fit
@@ -22,5 +23,5 @@ __all__ = ["CausalModel", "CausalModelError", "CounterfactualDataset", "Counterf
            "NoEffectWarning", "Engine", "TaskError", "localize", "Metric", "MetricError", "clopper_pearson",
            "epsilon_bound", "iia", "HFModel", "ModelError", "TLModel", "TorchModel", "as_adapter", "load_model",
            "Results", "RunFolderError", "Site", "TooFewPairsError", "task_accuracy", "Cell", "InProcessExecutor",
-           "run_cell", "PromptTask", "Task", "word", "TrainingError", "ConvergenceWarning", "fit", "patch", "Interpretation",
+           "run_cell", "RayExecutor", "PromptTask", "Task", "word", "TrainingError", "ConvergenceWarning", "fit", "patch", "Interpretation",
            "InterpretationError", "Step", "ValidationResults", "validate", "metrics", "patching", "sweep", "tasks", "evaluate_dictionaries", "DictionaryResults"]

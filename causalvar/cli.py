@@ -301,9 +301,10 @@ def patch_cmd(args) -> int:
 
 
 def run_cmd(args) -> int:
-    from .experiment import run
+    from .experiment import prepare
 
-    return run(args.file)
+    spec = prepare(args.file)
+    return {"localize": localize_cmd, "patch": patch_cmd}[spec.analysis](spec.cli())
 
 
 def report_cmd(args) -> int:

@@ -128,13 +128,11 @@ def _explain(err: dict, schema: type[BaseModel]) -> str:
     return f"key '{key}': {err['msg']} (got {err.get('input')!r})"
 
 
-def run(path: str | Path) -> int:
-    """Validate the file, copy it into its run folder, then run the analysis as its command would."""
-    from . import cli
-
+def prepare(path: str | Path) -> _Analysis:
+    """Validate the file (before any model loads) and copy it into its run folder; returns the analysis,
+    whose ``cli()`` is the namespace its command runs on."""
     spec = load(path)
     out = Path(spec.out)
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(path, out / Path(path).name)
-    command = {"localize": cli.localize_cmd, "patch": cli.patch_cmd}[spec.analysis]
-    return command(spec.cli())
+    return spec

@@ -17,7 +17,8 @@ from .results import Results
 from .runstore import RunStore
 from .sites import Site
 from .splits import Split, build_splits, drawn_splits, warn_no_effect
-from .sweep import Cell, InProcessExecutor, SweepData, Training, trained
+from .executors import as_executor
+from .sweep import Cell, SweepData, Training, trained
 from .train import EPOCHS, PATIENCE, ConvergenceWarning, check_count, check_training
 
 
@@ -137,7 +138,8 @@ def localize(model, task, variable: str | Sequence[str], featurizer: Featurizer 
             subspace's dimension, random selections of as many neurons or basis vectors for a mask),
             seeded; columns ``controls``, ``control_mean``, ``control_max`` (the best control); the
             heatmap hatches cells that do not beat their best control. The full vector has none (NaN).
-        executor: runs the planned cells (default ``cv.sweep.InProcessExecutor()``).
+        executor: runs the planned cells: ``None`` (in this process), ``"ray"`` or a ``cv.RayExecutor(...)``
+            (Ray actors; the same table), or any object with the executors' ``run``.
     Returns: ``Results`` (``.table``, ``.heatmap(path)``, ``.save(dir)``). Each row holds the metric, its
     ``baseline`` (the metric with nothing interchanged: the network's own outputs on the bases scored
     against the counterfactual labels), ``n``, ``n_distinct`` and a 95% interval.
@@ -173,7 +175,7 @@ def localize(model, task, variable: str | Sequence[str], featurizer: Featurizer 
     store = RunStore(out, {k: v for k, v in meta.items() if k != "data"}) if out is not None else None
     try:
         engine = Engine(adapter, batch_size=batch_size, max_memory_gb=max_memory_gb)
-        executor = executor or InProcessExecutor()
+        executor = as_executor(executor)
         training = Training(epochs=epochs, lr=lr, patience=patience, seed=seed)
         results = Results(meta=meta)
         for v in variables:

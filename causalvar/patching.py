@@ -32,7 +32,8 @@ from .models.base import EMBED_NOISE, Batch
 from .results import Results
 from .sites import Site
 from .splits import Split, baseline, check_finite, outcome
-from .sweep import Cell, InProcessExecutor, SweepData
+from .executors import as_executor
+from .sweep import Cell, SweepData
 from .task import PromptTask
 from .train import check_count
 
@@ -380,7 +381,7 @@ def patch(model, task, variable: str | None = None, corruption: str = "str", met
         first = next(iter(tests.values()))
         prepared = SweepData(engine, first, None, tests, [measure], n_train=0)
         cells = [Cell(name, Neurons(), group[0]) for _, group in groups]
-        for result in (executor or InProcessExecutor()).run(cells, prepared, None, progress,
+        for result in as_executor(executor).run(cells, prepared, None, progress,
                                                             desc=f"patch {corruption} {direction} {component}"):
             results.rows += [{**row, "head": result.cell.site.head, **settings_cols} for row in result.rows]
         return results

@@ -189,3 +189,4 @@ def resumed(cell: Cell, data: SweepData, store: RunStore | None, done: dict) -> 
     path = Path(store.folder) / featurizer_dir(*cell.key)
     feat = Featurizer.load(path) if (path / "featurizer.json").exists() else None
     return CellResult(cell, [done[k] for k in keys], feat)
+

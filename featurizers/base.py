@@ -257,12 +257,30 @@ class Featurizer(nn.Module):
         feat.fitted = meta["fitted"]
         return feat.eval()
 
+    def __reduce__(self):
+        """Pickled as ``save`` writes it — class, config, hidden size, tensors, extra state — so featurizers
+        travel between processes (Ray workers) although torch refuses to pickle parametrized modules."""
+        tensors = {k: v.detach().cpu() for k, v in self.state_dict().items()} if self.d is not None else {}
+        return _restored, (type(self), self.config(), self.d, tensors, self._extra_state(), self.fitted, self.training)
+
     def _extra_state(self) -> dict:
         """JSON state beyond config and tensors (e.g. shapes a subclass must know before build)."""
         return {}
 
     def _load_extra_state(self, extra: dict) -> None:
         """Inverse of ``_extra_state``, called before ``build``."""
+
+
+def _restored(cls: type, config: dict, d: int | None, tensors: dict, extra: dict, fitted: bool,
+              training: bool) -> Featurizer:
+    """The inverse of ``Featurizer.__reduce__``."""
+    feat = cls(**_kwargs(config))
+    feat._load_extra_state(extra)
+    if d is not None:
+        feat.build(d)
+        feat.load_state_dict(tensors)
+    feat.fitted = fitted
+    return feat.train(training)
 
 
 def _read_meta(path: Path) -> dict:
@@ -342,9 +360,10 @@ def _to_config(value):
 def _from_config(cls_name: str, config: dict) -> Featurizer:
     if cls_name not in _REGISTRY:
         raise FeaturizerError(f"unknown featurizer class '{cls_name}'; known: {sorted(_REGISTRY)}")
-    kwargs = {}
-    for k, v in config.items():
-        if isinstance(v, dict) and "__featurizer__" in v:
-            v = _from_config(v["__featurizer__"], v["config"])
-        kwargs[k] = v
-    return _REGISTRY[cls_name](**kwargs)
+    return _REGISTRY[cls_name](**_kwargs(config))
+
+
+def _kwargs(config: dict) -> dict:
+    """A config's ``__init__`` arguments, nested featurizers (DBM's inner one) made again."""
+    return {k: _from_config(v["__featurizer__"], v["config"]) if isinstance(v, dict) and "__featurizer__" in v else v
+            for k, v in config.items()}
