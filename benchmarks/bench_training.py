@@ -1,5 +1,5 @@
 """The training defaults' evidence (issue 15): IIA and time of a DAS cell trained with the old defaults
-(a fixed 3 epochs), the new ones (to convergence: patience 3, at most 50 epochs) and a long run (50
+(a fixed 3 epochs), the new ones (to convergence: patience 5, the learning rate halved on each plateau epoch, at most 50 epochs) and a long run (50
 epochs, no early stopping), on the equality MLP (``left``, blocks 0 and 1, k=8) and on one IOI cell of
 SmolLM2 (``output_position`` at layer 18, ``s2``, k=32, the demo's cell). Writes
 ``benchmarks/results/training.json`` and prints the table of ``benchmarks/README.md``.
@@ -20,8 +20,8 @@ import causalvar as cv  # noqa: E402
 from featurizers import DAS  # noqa: E402
 
 SETTINGS = {"old defaults (3 epochs)": dict(epochs=3, patience=3),
-            "new defaults (patience 3, at most 50)": dict(),
-            "long run (50 epochs)": dict(epochs=50, patience=50)}
+            "new defaults (patience 5, lr halved on plateau, at most 50)": dict(),
+            "long run (50 epochs, no early stopping)": dict(epochs=50, patience=50)}
 
 
 def parser():
