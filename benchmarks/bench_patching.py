@@ -112,7 +112,7 @@ def main(argv=None) -> int:
                         "positions": positions, "head_position": args.head_position, "pairs": args.pairs,
                         "seed": args.seed, "metric": "logit_diff (normalised)", "direction": "denoise",
                         "filter_correct": False, "batch_size": args.batch_size, "threads": args.threads,
-                        "gn": {"noise_positions": task.noise["noise_positions"], "contrast": task.noise["contrast"],
+                        "gn": {"noise_positions": list(task.noise_positions), "contrast": task.contrast,
                                "noise_std": runs["gn_resid"].meta["noise_std"]}},
            "load_seconds": round(load_s, 2), "seconds": {k: round(v, 2) for k, v in seconds.items()},
            "top_cells": {k: top_cells(r) for k, r in runs.items()},

@@ -9,6 +9,8 @@
         --layers all --positions io,s2,last --out runs/patch
                                          activation patching (no training): a folder per setting
                                          (table, heatmap) and STR against GN side by side
+    causalvar dictionaries --task ioi --site 18:s2 --out runs/dict
+                                         SAEs, neurons, PCA, DAS against supervised dictionaries
     causalvar run experiment.yaml        any of the above from a validated YAML file (copied into the run)
     causalvar report runs/demo           runs/demo/report.html: every results folder of the run on one
                                          self-contained page (figures, grids, best cells, tables)
@@ -300,11 +302,67 @@ def patch_cmd(args) -> int:
     return 0
 
 
+def parse_site(text: str):
+    """``--site 18:s2`` -> ``cv.Site(18, "s2")`` (a layer, a colon, a token role or index)."""
+    from .sites import Site
+
+    layer, colon, pos = text.partition(":")
+    if not colon or not layer.strip().isdigit() or not pos.strip():
+        raise UsageError(f"--site {text!r}: expected LAYER:POSITION, e.g. 18:s2 or 24:last")
+    return Site(int(layer), parse_positions(pos)[0])
+
+
+def dictionaries_cmd(args) -> int:
+    import torch
+
+    import causalvar as cv
+    from featurizers import SAE
+    from .sae_eval import generic_activations
+
+    tasks = cv.tasks.REGISTRY
+    if args.task not in tasks:
+        raise UsageError(f"unknown task {args.task!r}; built-in tasks: {sorted(tasks)}")
+    site = parse_site(args.site)
+    edit_k = [int(k) for k in args.edit_k.split(",") if k.strip().isdigit()]
+    if not edit_k or len(edit_k) != len(args.edit_k.split(",")):
+        raise UsageError(f"--edit-k {args.edit_k!r}: expected whole numbers separated by commas, e.g. 2,4,6")
+    dicts, generic = {}, {}  # name -> featurizer; generic SAEs are fitted once the model is loaded
+    for spec in (p.strip() for p in args.dictionaries.split(",") if p.strip()):
+        kind, _, size = spec.lower().partition(":")
+        if kind in ("sae", "generic-sae"):
+            if not size.isdigit() or int(size) < 1:
+                raise UsageError(f"dictionary {spec!r}: give the SAE's number of latents, e.g. {kind}:1024")
+            (generic if kind == "generic-sae" else dicts)[f"sae({'generic' if kind != 'sae' else 'task'},{size})"] = \
+                SAE(d_sae=int(size), k=args.sae_k)
+        else:
+            f = parse_featurizer(spec)
+            dicts[f.name] = f
+    print(f"loading {args.model} ...", flush=True)
+    lm = cv.load_model(args.model)
+    resolve_layers([site.layer], args.site, lm.n_layers, args.model)
+    task = tasks[args.task](lm)
+    if generic:  # trained on text the model writes itself, not on the task's prompts
+        torch.manual_seed(args.seed)
+        acts = generic_activations(lm, site.layer, n_prompts=args.generic_prompts, seed=args.seed)
+        dicts.update({name: sae.fit_activations(acts) for name, sae in generic.items()})
+    attributes = args.attributes.split(",") if args.attributes else list(
+        task.variables or [v for v in task.causal_model.variables if v not in task.causal_model.inputs])
+    ev = cv.evaluate_dictionaries(lm, task, site, attributes, dicts, n_fit=args.n_fit, n_test=args.n_test,
+                                  edit_k=edit_k, seed=args.seed, batch_size=args.batch_size,
+                                  progress=sys.stderr.isatty())
+    out = Path(args.out)
+    ev.save(out)
+    ev.figure(out / "dictionaries.png")
+    print(ev.summary().round(3).to_string())
+    print(f"wrote {out} (results.csv, results.json, dictionaries.png)")
+    return 0
+
+
 def run_cmd(args) -> int:
     from .experiment import prepare
 
     spec = prepare(args.file)
-    return {"localize": localize_cmd, "patch": patch_cmd}[spec.analysis](spec.cli())
+    return {"localize": localize_cmd, "patch": patch_cmd, "dictionaries": dictionaries_cmd}[spec.analysis](spec.cli())
 
 
 def report_cmd(args) -> int:
@@ -404,8 +462,26 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=_at_least(1), default=64, help="rows per forward (no score depends on it)")
     p.add_argument("--out", required=True, help="results folder")
     p.set_defaults(func=patch_cmd)
+    p = sub.add_parser("dictionaries", parents=[common],
+                       help="SAEs, neurons, PCA, DAS against supervised dictionaries at one site (Makelov et al.)")
+    p.add_argument("--task", required=True, help="built-in task name (ioi, ...)")
+    p.add_argument("--model", default="smollm2-135m", help="embedded name, local folder, .gguf file or hub name")
+    p.add_argument("--site", required=True, help="LAYER:POSITION, e.g. 18:s2")
+    p.add_argument("--attributes", default=None, help="comma-separated causal-model variables (default: the task's)")
+    p.add_argument("--dictionaries", default="supervised,neurons,pca,sae:1024,generic-sae:1024,das:32",
+                   help=f"comma-separated: {FEATURIZER_FORMS}, generic-sae:SIZE (an SAE on text the model writes)")
+    p.add_argument("--sae-k", type=_at_least(1), default=16, help="active latents of the top-k SAEs (default 16)")
+    p.add_argument("--generic-prompts", type=_at_least(1), default=96, help="generated texts for generic SAEs")
+    p.add_argument("--n-fit", type=_at_least(1), default=400)
+    p.add_argument("--n-test", type=_at_least(1), default=96)
+    p.add_argument("--edit-k", default="2,4,6", help="the most features a greedy edit changes (comma-separated)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=_at_least(1), default=64)
+    p.add_argument("--out", required=True, help="results folder")
+    p.set_defaults(func=dictionaries_cmd)
     p = sub.add_parser("run", parents=[common], help="run an experiment file (YAML), validated before any model loads")
-    p.add_argument("file", help="experiment.yaml: analysis (localize, patch), task, out and the command's options")
+    p.add_argument("file", help="experiment.yaml: analysis (localize, patch, dictionaries), task, out and the "
+                   "command's options")
     p.set_defaults(func=run_cmd)
     p = sub.add_parser("report", parents=[common], help="one self-contained HTML page of a run folder")
     p.add_argument("run_dir", help="a run folder (e.g. runs/demo): every results folder in it gets a section")

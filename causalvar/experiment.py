@@ -13,8 +13,8 @@ the wrong type with what was expected. The run folder (``out``) receives a copy 
     n: 64
     out: runs/patch
 
-Each analysis takes the options of the command of the same name (``causalvar localize -h``, ``causalvar
-patch -h``), spelled with underscores; lists may be YAML lists or comma-separated strings.
+Each analysis (localize, patch, dictionaries) takes the options of the command of the same name
+(``causalvar localize -h``, ...), spelled with underscores; lists may be YAML lists or comma-separated strings.
 """
 from __future__ import annotations
 
@@ -37,6 +37,17 @@ class _Analysis(BaseModel):
     out: str
     seed: int = 0
     batch_size: Count = 64
+
+    def cli(self) -> argparse.Namespace:
+        """The command-line namespace of the same analysis (lists joined by commas)."""
+        joined = {k: ",".join(map(str, v)) if isinstance(v, list) else v for k, v in self.model_dump().items()}
+        for k in ("layers", "positions", "head_position", "edit_k"):  # the command parses these from text
+            if joined.get(k) is not None:
+                joined[k] = str(joined[k])
+        return argparse.Namespace(**joined)
+
+
+class _Sweep(_Analysis):
     layers: str | int | list[int] = "all"
     positions: list[str | int] | str | None = None
 
@@ -45,16 +56,8 @@ class _Analysis(BaseModel):
     def _layers(cls, v):  # a YAML list of ints is the CLI's "0,5,29"
         return ",".join(str(x) for x in v) if isinstance(v, list) else v
 
-    def cli(self) -> argparse.Namespace:
-        """The command-line namespace of the same analysis (lists joined by commas)."""
-        joined = {k: ",".join(map(str, v)) if isinstance(v, list) else v for k, v in self.model_dump().items()}
-        for k in ("layers", "positions", "head_position"):  # the command parses these from text
-            if joined.get(k) is not None:
-                joined[k] = str(joined[k])
-        return argparse.Namespace(**joined)
 
-
-class Localize(_Analysis):
+class Localize(_Sweep):
     analysis: Literal["localize"]
     featurizer: list[str] | str = "full"
     variables: list[str] | str | None = None
@@ -66,7 +69,7 @@ class Localize(_Analysis):
     controls: Annotated[int, Field(ge=0)] = 0
 
 
-class Patch(_Analysis):
+class Patch(_Sweep):
     analysis: Literal["patch"]
     variable: str | None = None
     corruption: list[Literal["str", "gn"]] | str = "str"
@@ -80,8 +83,20 @@ class Patch(_Analysis):
     filter_correct: bool = False
 
 
-ANALYSES = {"localize": Localize, "patch": Patch}
-Experiment = Annotated[Union[Localize, Patch], Field(discriminator="analysis")]
+class Dictionaries(_Analysis):
+    analysis: Literal["dictionaries"]
+    site: str
+    attributes: list[str] | str | None = None
+    dictionaries: list[str] | str = "supervised,neurons,pca,sae:1024,generic-sae:1024,das:32"
+    sae_k: Count = 16
+    generic_prompts: Count = 96
+    n_fit: Count = 400
+    n_test: Count = 96
+    edit_k: list[int] | str = "2,4,6"
+
+
+ANALYSES = {"localize": Localize, "patch": Patch, "dictionaries": Dictionaries}
+Experiment = Annotated[Union[Localize, Patch, Dictionaries], Field(discriminator="analysis")]
 
 
 class ExperimentError(ValueError):

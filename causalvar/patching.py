@@ -276,9 +276,9 @@ def patch(model, task, variable: str | None = None, corruption: str = "str", met
         filter_correct: use only pairs the network answers correctly (MIB's filter: the clean and, for STR,
             the corrupted prompt); by default every pair is used, as in Zhang & Nanda. The meta says which.
         noise_positions: GN: the task roles whose embeddings are noised (default: the task's
-            ``noise["noise_positions"]``; IOI: ``["io", "s1", "s2"]``).
+            ``noise_positions``; IOI: ``["io", "s1", "s2"]``).
         contrast: GN: r', a causal-model variable or ``values -> output value`` (default: the task's
-            ``noise["contrast"]``; IOI: ``"subject"``).
+            ``contrast``; IOI: ``"subject"``).
         window: patch ``window`` consecutive layers at once (from each of ``layers``, cut at the last block);
             the table's ``layer`` then reads e.g. ``"3-5"``. Off (1) by default: windows exaggerate
             localization (Zhang & Nanda), so a ``PatchingWarning`` says so.
@@ -318,12 +318,12 @@ def patch(model, task, variable: str | None = None, corruption: str = "str", met
             raise ValueError("noise_positions and contrast belong to corruption='gn'; STR's r' is the corrupted "
                              "prompt's own answer")
     else:
-        noise_positions = noise_positions or task.noise.get("noise_positions")
-        contrast = task.noise.get("contrast") if contrast is None else contrast
+        noise_positions = noise_positions or list(task.noise_positions)
+        contrast = task.contrast if contrast is None else contrast
         if not noise_positions:
             raise ValueError("corruption='gn' needs noise_positions: the task roles whose embeddings are noised, "
                              f"from {sorted(k for k in task.positions if k != 'last')} (a task may name them "
-                             "in task.noise)")
+                             "in task.noise_positions)")
         if contrast is None or (isinstance(contrast, str) and contrast not in cm.variables):
             raise ValueError("corruption='gn' needs contrast=: the answer r' the logit difference counts against, "
                              f"a causal-model variable (one of {list(cm.variables)}; IOI: 'subject') or a function "

@@ -42,7 +42,8 @@ from .models.base import Batch
 from .results import Results
 from .sites import Site
 from .splits import Split, warn_no_effect
-from .sweep import Cell, InProcessExecutor, SweepData, cell_featurizer, trained
+from .executors import as_executor
+from .sweep import Cell, SweepData, cell_featurizer, trained
 from .train import check_count, check_training, train
 
 #: an attribute value is covered by a feature whose F1 against it reaches this (the paper's usual threshold)
@@ -535,7 +536,7 @@ def evaluate_dictionaries(model, task, site, attributes: str | Sequence[str],
         contrast: r′ of the logit difference: a causal-model variable (IOI: ``"subject"``), a function of a
             prompt's variable values giving an output value; default: the task's ``contrast`` where it names
             one, else the clean run's best class other than the answer.
-        batch_size: rows per forward. executor: runs the cells (default ``cv.sweep.InProcessExecutor()``).
+        batch_size: rows per forward. executor: runs the cells (``None``: in this process; ``"ray"``, ...).
     Returns: ``DictionaryResults``: ``table`` (dictionary, attribute, test, value, n, ci_low, ci_high, baseline,
     k, edit) with the tests ``sufficiency``, ``necessity`` (bootstrap intervals), ``edit_accuracy@k``
     (Clopper–Pearson; baseline = the agreement with no edit), ``edit_ld@k`` (the share of the patch's change of
@@ -561,11 +562,11 @@ def evaluate_dictionaries(model, task, site, attributes: str | Sequence[str],
     if set(edits) - set(attributes):
         raise DictionaryError(f"edits names {sorted(set(edits) - set(attributes))}, which are not among the "
                               f"attributes {attributes}")
-    gens = {a: edits.get(a) or dict(getattr(task, "edits", None) or {}).get(a) for a in attributes}
-    contrast = getattr(task, "contrast", None) if contrast is None else contrast
+    gens = {a: edits.get(a) or dict(task.edits).get(a) for a in attributes}
+    contrast = task.contrast if contrast is None else contrast
     if isinstance(contrast, str) and contrast not in cm.variables:
         raise DictionaryError(f"contrast {contrast!r} is not a variable of the causal model {list(cm.variables)}")
-    executor = executor or InProcessExecutor()
+    executor = as_executor(executor)
 
     settings = cm.sample(n_fit + n_test, seed=seed)
     fit_s, test_s = settings[:n_fit], settings[n_fit:]

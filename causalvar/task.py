@@ -49,9 +49,14 @@ class Task:
     #: {name: generator ``(base, rng) -> source``} whose corrupted prompt has the clean one's token length
     #: and its own answer; without one, ``cv.patch`` uses the counterfactual sets
     corruptions: Mapping = {}
-    #: Gaussian-noise patching's defaults (``cv.patch(corruption="gn")``): ``noise_positions`` (the token
-    #: roles whose embeddings are noised) and ``contrast`` (the variable whose value is the answer r')
-    noise: Mapping = {}
+    #: the answer a logit difference counts against where no counterfactual gives one (r'): a variable whose
+    #: value it is (IOI: the subject); read by Gaussian-noise patching and the dictionary evaluation
+    contrast: str | None = None
+    #: the token roles Gaussian-noise patching noises by default (``cv.patch(corruption="gn")``)
+    noise_positions: Sequence[str] = ()
+    #: edits of single attributes for the dictionary evaluation: variable -> generator ``(base, rng) ->
+    #: the base's inputs with that variable changed and the others kept``
+    edits: Mapping = {}
     #: the variables a sweep localizes by default (None: every variable that is neither input nor output)
     variables: Sequence[str] | None = None
     #: whether answers are judged on greedily generated tokens (``correct_tokens``) instead of logits

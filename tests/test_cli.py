@@ -179,3 +179,30 @@ def test_patch_writes_a_folder_per_setting_and_str_beside_gn(tmp_path, capsys):
         else:
             assert sorted(res.table["head"]) == sorted([0, 1, 2, 3] * 3)
     assert (out / "str_vs_gn_resid.png").exists() and (out / "str_vs_gn_heads.png").exists()
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--site", "18"], "--site '18': expected LAYER:POSITION, e.g. 18:s2 or 24:last"),
+    (["--site", "18:s2", "--dictionaries", "supervised,sae"], "dictionary 'sae': give the SAE's number of latents"),
+    (["--site", "18:s2", "--dictionaries", "rotation"], "unknown featurizer 'rotation'"),
+    (["--site", "18:s2", "--edit-k", "2,x"], "--edit-k '2,x': expected whole numbers"),
+])
+def test_bad_dictionaries_arguments_fail_in_one_line_before_the_model_loads(capsys, args, expected):
+    code, err, out = _error(capsys, ["dictionaries", "--task", "ioi", "--out", "unused"] + args)
+    assert code == 2 and err.startswith("causalvar: error: " + expected), err
+    assert out == ""
+
+
+def test_dictionaries_writes_the_comparison_of_a_site(tmp_path, capsys):
+    import causalvar as cv
+    from test_ioi_logit_diff import ioi_tokenizer
+
+    folder, out = tmp_path / "model", tmp_path / "dict"
+    tokenizer = ioi_tokenizer()
+    make_lm("llama", len(tokenizer)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    assert main(["dictionaries", "--task", "ioi", "--model", str(folder), "--site", "1:s2", "--dictionaries",
+                 "supervised,neurons,pca:8", "--n-fit", "400", "--n-test", "20", "--edit-k", "2", "--out", str(out)]) == 0
+    res = cv.sae_eval.DictionaryResults.load(out)
+    assert {"supervised", "full_vector", "pca(k=8)"} <= set(res.table["dictionary"])
+    assert (out / "dictionaries.png").exists() and "sufficiency" in capsys.readouterr().out

@@ -25,7 +25,9 @@ def write(tmp_path, text: str):
     ("analysis: patch\ntask: ioi\nout: runs/x\nn: many\n", "key 'n': Input should be a valid integer"),
     ("analysis: patch\ntask: ioi\nout: runs/x\ncorruption: [str, noise]\n", "key 'corruption.list[literal['str','gn']].1'"),
     ("analysis: patch\ntask: ioi\n", "missing key 'out'"),
-    ("analysis: patching\ntask: ioi\nout: runs/x\n", "analysis must be one of ['localize', 'patch'], got 'patching' "
+    ("analysis: dictionaries\ntask: ioi\nout: runs/x\nsite: 18:s2\nlayers: all\n", "unknown key 'layers'"),
+    ("analysis: dictionaries\ntask: ioi\nout: runs/x\n", "missing key 'site'"),
+    ("analysis: patching\ntask: ioi\nout: runs/x\n", "analysis must be one of ['dictionaries', 'localize', 'patch'], got 'patching' "
                                                        "(did you mean 'patch'?)"),
     ("- analysis: patch\n", "expected a mapping of keys"),
     ("analysis: patch\ntask: [ioi\n", "is not valid YAML"),

@@ -106,7 +106,8 @@ def ioi(lm) -> PromptTask:
     # patching's corrupted prompts: other names, or the other name repeated (the answer moves to it)
     task.corruptions = {"output_token": {"new_names": new_names}, "output_position": {"s2_io_flip": flip_subject}}
     # Gaussian noise on every name (Meng et al.'s subject corruption, extended to both names); r' = the subject
-    task.noise = {"noise_positions": ["io", "s1", "s2"], "contrast": "subject"}
+    task.noise_positions, task.contrast = ["io", "s1", "s2"], "subject"
+    task.edits = {"output_position": flip_order}  # the order changed alone (the dictionary evaluation's edit)
     return task
 
 
