@@ -80,6 +80,8 @@ PRINTS = {
     'print({k: round(fit[k], 2) for k in ("token_coeff", "position_coeff", "r2")})':
         shows("{'token_coeff': 2.13, 'position_coeff': 3.52, 'r2': 0.82}"),
     "print(st.grid().round(2))": grid(["position", "io", "s2", "last"], 8),
+    'print(t[(t["attribute"] == "output_position") & t["test"].str.startswith("edit_accuracy")]':
+        table(["dictionary", "test", "edit", "value", "baseline"], 5),
     "print(pd.concat(tables).to_string(index=False))": table(["step", "site", "axiom", "errors", "n", "epsilon"], 8),
     'print(res.table[["layer", "position", "dataset", "mse", "baseline", "n"]])':
         table(["layer", "position", "dataset", "mse", "baseline", "n"], 12),
@@ -143,8 +145,9 @@ def test_readme_language_model_examples(tmp_path, monkeypatch, smollm):
     for code in SLOW:
         ns, found = _run(code, tmp_path, monkeypatch)
         problems += found
-        res = ns.get("res") or ns["st"]  # localization, or activation patching (values may be negative)
+        res = ns.get("res") or ns.get("st") or ns["ev"]  # localization, patching, dictionaries
         assert len(res.table) > 0 and (res.table["n"] > 0).all()
-        assert "st" in ns or (res.table[res.metric] >= 0).all()
-        assert res.metric != "iia" or res.table["iia"].between(0, 1).all()
+        if "res" in ns:  # patching values and dictionary tests may be negative
+            assert (res.table[res.metric] >= 0).all()
+            assert res.metric != "iia" or res.table["iia"].between(0, 1).all()
     assert not problems, "\n".join(problems)
