@@ -51,7 +51,7 @@ def figure(rows: list[dict], path) -> None:
     import matplotlib.pyplot as plt
 
     shown = [r for r in rows if r["delta"] == 0]
-    labels = [f"{s}\n{a.replace('_', ' ')}" for s in STEPS for a in AXIOMS]
+    labels = [f"{s}\n" + a.replace('_', '\n') for s in STEPS for a in AXIOMS]
     fig, ax = plt.subplots(figsize=(12, 4.2))
     width = 0.38
     for j, order in enumerate(("ignored", "required")):
@@ -96,7 +96,7 @@ def main() -> None:
                       and r["axiom"] == "prefix_equivalence") for o in ("ignored", "required")}
     payload = {
         "args": vars(args),
-        "model": {"architecture": "Falcon decoder (ALiBi), 2 layers, d_model 128, d_mlp 512, ReLU, 4 heads, "
+        "model": {"architecture": "Falcon decoder (ALiBi), 2 layers, d_model 128, d_mlp 512, ReLU, 8 heads, "
                                   "LayerNorm before each sublayer and the unembedding",
                   "accuracy_fresh": accuracy, "n_accuracy": args.n, "training": lm.info},
         "interpretation": {k: v for k, v in info.items() if k != "delta"},

@@ -24,7 +24,10 @@ paper: 1 then 4).
 them; ``training.json`` records the accuracy, the steps and the time). Where the paper trains on 10⁶
 formulas in batches of 10⁴ for 1000 epochs on a GPU, ``train`` fits a CPU thread: batches of 64 drawn
 from 500,000 formulas, the answer asked at every clause's closing bracket too (of the clauses so far),
-and the formula's next-token loss beside it; the readout's answer is the one judged.
+and the formula's next-token loss beside it; the readout's answer is the one judged. ``train(seed=0)``
+(7000 steps, 1134 s on one thread of a 2-core machine shared with other jobs) reached 0.69 on 5000
+held-out formulas: well above chance, far below the paper's 0.99 and short of the 0.97 this case study
+aims at; the network starts leaving chance only after ~2500 steps and was still improving.
 
 ``two_sat_interpretation`` is the paper's interpretation (parser, evaluating neurons, OR) for
 ``cv.validate``.
@@ -216,7 +219,7 @@ def _prefix_answers(setting) -> list[int]:
     return out + out[-1:]
 
 
-def train(seed: int = 0, steps: int = 11000, batch_size: int = 64, lr: float = 3e-3, weight_decay: float = 0.1,
+def train(seed: int = 0, steps: int = 7000, batch_size: int = 64, lr: float = 3e-3, weight_decay: float = 0.1,
           n_train: int = 500_000, n_test: int = 5000, out: str | Path | None = None, log_every: int = 500) -> dict:
     """Train the network on ``n_train`` formulas drawn with ``seed`` (SAT/UNSAT balanced): cross-entropy on
     the answer token at the readout and, at every clause's closing bracket, on the answer for the
@@ -350,7 +353,7 @@ def two_sat_interpretation(lm=None, order: str = "ignored", n_fit: int = 4000, s
        writes the mean final residual of the fitting formulas the network answers ``sat`` (or ``unsat``).
 
     ``info`` holds what was fitted: the neurons, their effects, disjunctions and fit accuracies, and the
-    parser's accuracy on the fitting formulas.
+    parser's accuracy on the fitting formulas (whole formulas, and clause by clause).
     """
     from ..engine import Engine
 
@@ -389,7 +392,9 @@ def two_sat_interpretation(lm=None, order: str = "ignored", n_fit: int = 4000, s
 
     parsed = parse(resid)
     parser_accuracy = {o: float(np.mean([(_same_clauses(o) or _equal_lists)(p, f) for p, f in zip(parsed, formulas)]))
-                       for o in ORDERS}
+                       for o in ORDERS}  # whole formulas right
+    clause_accuracy = {o: float(np.mean([(_same_clauses(o) or _equal_lists)([a], [b]) for p, f in zip(parsed, formulas)
+                                         for a, b in zip(p, f)])) for o in ORDERS}
 
     # 2. the evaluator: neurons by their direct effect on the sat − unsat logit difference
     hidden, final = acts[evaluator], acts[output]  # [n_fit, d_mlp], [n_fit, d]
@@ -440,6 +445,7 @@ def two_sat_interpretation(lm=None, order: str = "ignored", n_fit: int = 4000, s
         return torch.stack([residuals[bool(s)] for s in states])
 
     info = {"order": order, "n_fit": n_fit, "seed": seed, "parser_fit_accuracy": parser_accuracy,
+            "parser_fit_clause_accuracy": clause_accuracy,
             "min_effect": min_effect, "threshold": threshold, "high": high, "delta": delta,
             "units": units, "unit_effects": [round(float(effect[u]), 4) for u in units],
             "disjunctions": disjunctions, "disjunction_fit_accuracy": [round(a, 4) for _, a in fitted]}

@@ -1,0 +1,141 @@
+"""The 2-SAT case study (Palumbo et al.): the solver against two independent ones, the sampler balanced and
+free of duplicate clauses, the prompts' clause roles, the shipped network's accuracy on fresh formulas, and
+the paper's interpretation validated on it, with the numbers this network gives."""
+from __future__ import annotations
+
+import importlib
+import itertools
+import random
+
+import pytest
+
+import causalvar as cv
+
+ts = importlib.import_module("causalvar.tasks.two_sat")  # the module (cv.tasks.two_sat is its task factory)
+
+
+def brute_force(clauses) -> bool:
+    """Some assignment of x0..x4 makes every clause true (literals evaluated one by one)."""
+    value = lambda lit, a: not a[int(lit[-1])] if lit.startswith("~") else a[int(lit[-1])]
+    return any(all(value(l, a) or value(r, a) for l, r in clauses) for a in itertools.product((False, True), repeat=5))
+
+
+def implication_graph(clauses) -> bool:
+    """Aspvall–Plass–Tarjan: satisfiable iff no variable shares a strongly connected component with its
+    negation in the graph of implications ¬l → r, ¬r → l (components by Kosaraju)."""
+    neg = lambda lit: lit[1:] if lit.startswith("~") else "~" + lit
+    nodes = list(ts.LITERALS)
+    edges = {v: [] for v in nodes}
+    back = {v: [] for v in nodes}
+    for l, r in clauses:
+        for a, b in ((neg(l), r), (neg(r), l)):
+            edges[a].append(b)
+            back[b].append(a)
+    order, seen = [], set()
+
+    def visit(v):
+        seen.add(v)
+        for w in edges[v]:
+            if w not in seen:
+                visit(w)
+        order.append(v)
+    for v in nodes:
+        if v not in seen:
+            visit(v)
+    component = {}
+
+    def assign(v, c):
+        component[v] = c
+        for w in back[v]:
+            if w not in component:
+                assign(w, c)
+    for v in reversed(order):
+        if v not in component:
+            assign(v, v)
+    return all(component[v] != component[neg(v)] for v in ts.VARIABLES)
+
+
+def test_the_solver_agrees_with_brute_force_and_the_implication_graph():
+    rng = random.Random(7)
+    formulas = [ts._draw(rng) for _ in range(3000)]  # the unbalanced draw: SAT about 60% of the time
+    formulas += [[("x0", "x1"), ("x0", "~x1"), ("~x0", "x1"), ("~x0", "~x1")], [("x0", "x1")]]
+    labels = [ts.satisfiable(f) for f in formulas]
+    assert labels == [brute_force(f) for f in formulas] == [implication_graph(f) for f in formulas]
+    assert 0.4 < sum(labels) / len(labels) < 0.8 and labels[-2:] == [False, True]
+    tables = ts.truth_tables(formulas[:200])  # [200, 32]: assignment a sets x_i to bit i of a
+    value = lambda lit, a: not (a >> int(lit[-1])) & 1 if lit.startswith("~") else bool((a >> int(lit[-1])) & 1)
+    assert tables.tolist() == [[all(value(l, a) or value(r, a) for l, r in f) for a in range(32)] for f in formulas[:200]]
+
+
+def test_the_sampler_is_balanced_and_has_no_duplicate_clauses():
+    cm = ts.causal_model()
+    settings = cm.sample(2000, seed=3)
+    labels = [cm.run(s)["sat"] for s in settings]
+    assert 0.46 < sum(labels) / 2000 < 0.54
+    formulas = [ts.clauses_of(s) for s in settings]
+    assert all(len({frozenset(c) for c in f}) == ts.N_CLAUSES for f in formulas)  # x∨y and y∨x are one clause
+    assert all(a.lstrip("~") != b.lstrip("~") for f in formulas for a, b in f)
+    written = {c for f in formulas for c in f}
+    assert len(written) == len(ts.CLAUSES) == 80  # every clause occurs, in both literal orders
+    assert cm.sample(5, seed=3) == settings[:5]
+
+
+def test_prompts_put_each_clause_role_at_its_second_literal():
+    lm = ts.two_sat_model()
+    task = ts.two_sat(lm)
+    settings = task.causal_model.sample(20, seed=1)
+    batch = task.encode(settings)
+    ids = batch.inputs["input_ids"]
+    assert ids.shape == (20, ts.SEQ_LEN)
+    tokens = [lm.tokenizer.convert_ids_to_tokens(row) for row in ids.tolist()]
+    for i in range(ts.N_CLAUSES):
+        pos = batch.positions[f"c{i}"]
+        assert [tokens[r][int(pos[r])] for r in range(20)] == [ts.clauses_of(s)[i][1] for s in settings]
+    assert all(t[-1] == ":" for t in tokens)
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    lm = ts.two_sat_model()
+    return lm, ts.two_sat(lm)
+
+
+def test_the_shipped_network_is_the_one_its_training_recorded(shipped):
+    lm, task = shipped
+    record = lm.info
+    assert record["torch_threads"] == 1 and record["steps"] == 7000 and record["seed"] == 0
+    fresh = cv.task_accuracy(lm, task, n=1000, seed=2026)  # formulas of a stream the training never drew
+    # the network reached 0.69, short of the issue's 0.97 (see the module's docstring): it is far from chance
+    # and its accuracy on fresh formulas is the one its training measured on 5000 held-out ones
+    assert fresh > 0.6 and abs(fresh - record["test_accuracy"]) < 0.04
+
+
+def errors(rep) -> dict:
+    """{(step, axiom): errors}."""
+    return {(r["step"], r["axiom"]): r["errors"] for r in rep.rows}
+
+
+def test_the_papers_interpretation_validated_on_the_shipped_network(shipped):
+    lm, task = shipped
+    n = 500
+    reps = {order: cv.validate(lm, task, ts.two_sat_interpretation(lm, order=order, n_fit=2000), n=n, seed=0,
+                               progress=False) for order in ts.ORDERS}
+    ignored, required = errors(reps["ignored"]), errors(reps["required"])
+    assert list(reps["ignored"].table["site"].unique()) == ["L0@[c0, c1, c2, c3, c4, c5, c6, c7, c8, c9]",
+                                                            f"L{ts.EVALUATOR}@last", "L1@last"]
+    # the order only changes how step 1 compares clauses: every other count is the same, and requiring it
+    # can only add errors
+    assert {k: v for k, v in ignored.items() if k[0] > 1 or "replaceability" in k[1]} == \
+        {k: v for k, v in required.items() if k[0] > 1 or "replaceability" in k[1]}
+    assert required[(1, "prefix_equivalence")] >= ignored[(1, "prefix_equivalence")]
+    # this network (0.69 accurate) does not parse as the paper's does: no formula has all ten clauses nearest
+    # their own embeddings at block 0, yet writing those embeddings back keeps most answers
+    info = reps["ignored"].meta["interpretation"]
+    assert ignored[(1, "prefix_equivalence")] == n and info["parser_fit_accuracy"]["ignored"] < 0.01
+    assert ignored[(1, "prefix_replaceability")] < 0.3 * n
+    # the evaluating neurons: a few, each well modelled by a disjunction of assignments, and writing their
+    # abstract states changes few answers
+    assert 1 <= len(info["units"]) <= 32 and min(info["disjunction_fit_accuracy"]) > 0.8
+    assert ignored[(2, "prefix_replaceability")] < 0.1 * n
+    eps = {(r["step"], r["axiom"]): r["epsilon"] for r in reps["ignored"].rows}
+    assert eps[(2, "prefix_replaceability")] == pytest.approx(cv.epsilon_bound(ignored[(2, "prefix_replaceability")], n))
