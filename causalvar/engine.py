@@ -43,7 +43,7 @@ def _patch(h: torch.Tensor, pos: torch.Tensor | None, featurizer: Featurizer, so
     written at ``pos: [n]`` (out of place, so gradients reach the featurizer)."""
     base = _gather(h, pos)
     dtype = next((t.dtype for t in featurizer.state_dict().values() if t.is_floating_point()), torch.float32)
-    new = featurizer.interchange(base.to(dtype), source.to(dtype)).to(h.dtype)  # featurizer math in its dtype
+    new = featurizer.interchange(base.to(dtype), source.to(base.device, dtype)).to(h.dtype)  # in its dtype
     if pos is None:
         return new
     return h.index_put((torch.arange(len(pos), device=h.device), pos.to(h.device)), new)
@@ -403,10 +403,11 @@ class Engine:
         featurizer's parameters."""
         if site not in prepared.starts:
             raise ValueError(f"site {site} was not prepared; pass it to Engine.prepare")
-        featurizer.to(self.adapter.device)
+        device = self.adapter.site_device(site)  # a model spread over GPUs: the block's own device
+        featurizer.to(device)
         rows = prepared.batches[k]
         pos = rows.position(site.position)
-        source = source.to(self.adapter.device)
+        source = source.to(device)
         start = prepared.starts[site]
         if start is None:
             return self.forward(rows, site, featurizer, source, pos)

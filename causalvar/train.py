@@ -77,7 +77,7 @@ def train(engine: Engine, featurizer: Featurizer, site: Site, data: Split, val: 
     params = [p for p in featurizer.parameters() if p.requires_grad]
     if not params:
         raise TrainingError(f"{featurizer.name} has no trainable parameters")
-    featurizer.to(engine.adapter.device)
+    featurizer.to(engine.adapter.site_device(site))
     opt = torch.optim.AdamW(params, lr=lr)
     # the learning rate halves after each epoch without a better validation score (none without ``val``)
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=0)

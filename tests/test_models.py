@@ -69,3 +69,16 @@ def test_torch_module_with_declared_blocks_uses_hooks(equality):
     b = cv.localize(mlp, task, "left", Neurons(dims=range(6)), layers=[0, 1, 2], n_train=0, n_test=100,
                     progress=False).table
     assert a["iia"].tolist() == b["iia"].tolist()
+
+
+def test_a_device_map_loads_through_accelerate_and_sweeps_alike(tokenizer, tmp_path):
+    """``device_map="auto"`` (accelerate; on this CPU-only machine every block lands on the CPU) gives the
+    same sweep as a plain load, each featurizer on the device of the block it acts on."""
+    make_lm("llama", len(tokenizer)).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    plain, mapped = cv.load_model(str(tmp_path)), cv.load_model(str(tmp_path), device_map="auto")
+    assert mapped.site_device(cv.Site(1, "io")) == torch.device("cpu")
+    kw = dict(layers=[0, 2], positions=["io", "last"], n_train=0, n_test=16, filter_correct=False, progress=False)
+    a = cv.localize(plain, prompt_task(plain), "io", Neurons(), **kw)
+    b = cv.localize(mapped, prompt_task(mapped), "io", Neurons(), **kw)
+    assert a.table["iia"].tolist() == b.table["iia"].tolist()

@@ -169,6 +169,15 @@ class Adapter:
         p = next(self.module.parameters(), None)
         return p.device if p is not None else torch.device("cpu")
 
+    def site_device(self, site: Site) -> torch.device:
+        """The device of the block a site belongs to (where a featurizer acting there lives): the block's
+        parameters' device, which differs from ``device`` when a model is spread over GPUs."""
+        try:
+            p = next(self.submodule(self.module_path(site)).parameters(), None)
+        except Exception:  # a site not on a module with parameters: the model's device
+            p = None
+        return p.device if p is not None else self.device
+
     @property
     def embedding_std(self) -> float:
         """The standard deviation of the token embedding matrix (what Gaussian-noise corruption is scaled by);

@@ -35,7 +35,7 @@ def embedded_path(name: str = "smollm2-135m") -> Path:
 
 
 def load_model(name_or_path: str, dtype: torch.dtype = torch.float32, padding_side: str = "left",
-               device: str | torch.device = "cpu") -> HFModel:
+               device: str | torch.device = "cpu", device_map: str | dict | None = None) -> HFModel:
     """Load a causal LM as an adapter.
 
     Args:
@@ -43,6 +43,10 @@ def load_model(name_or_path: str, dtype: torch.dtype = torch.float32, padding_si
             saved with ``save_pretrained``, or a hub name (from the local cache, else downloaded). A
             name that is none of these fails at once, naming the embedded models; with
             ``HF_HUB_OFFLINE`` set the hub is never asked.
+        dtype: the weights' dtype (e.g. ``torch.bfloat16``; featurizers keep their own, float32).
+        device: where the whole model goes; or ``device_map`` (``"auto"``, or accelerate's dict): the
+            blocks spread over the available GPUs by accelerate, each featurizer then living on the device
+            of the block it acts on.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -66,13 +70,15 @@ def load_model(name_or_path: str, dtype: torch.dtype = torch.float32, padding_si
         _check_hub_name(folder)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
+        if device_map is not None:
+            kwargs["device_map"] = device_map
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kwargs)
     except OSError as e:
         raise ModelError(f"could not load '{name_or_path}': not an embedded name ({sorted(EMBEDDED)}), "
                          f"a local folder or a reachable hub model ({e})") from e
-    if kwargs.get("gguf_file") and dtype == torch.float32:
+    if kwargs.get("gguf_file") and dtype == torch.float32 and device_map is None:
         _keep_converted(model, tokenizer, converted_path(gguf))
-    return HFModel(model.to(device), tokenizer, padding_side=padding_side)
+    return HFModel(model if device_map is not None else model.to(device), tokenizer, padding_side=padding_side)
 
 
 def converted_path(gguf: Path) -> Path:
