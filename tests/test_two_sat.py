@@ -80,9 +80,14 @@ def test_the_sampler_is_balanced_and_has_no_duplicate_clauses():
     assert cm.sample(5, seed=3) == settings[:5]
 
 
-def test_prompts_put_each_clause_role_at_its_second_literal():
+@pytest.fixture(scope="module")
+def shipped():
     lm = ts.two_sat_model()
-    task = ts.two_sat(lm)
+    return lm, ts.two_sat(lm)
+
+
+def test_prompts_put_each_clause_role_at_its_second_literal(shipped):
+    lm, task = shipped
     settings = task.causal_model.sample(20, seed=1)
     batch = task.encode(settings)
     ids = batch.inputs["input_ids"]
@@ -92,12 +97,6 @@ def test_prompts_put_each_clause_role_at_its_second_literal():
         pos = batch.positions[f"c{i}"]
         assert [tokens[r][int(pos[r])] for r in range(20)] == [ts.clauses_of(s)[i][1] for s in settings]
     assert all(t[-1] == ":" for t in tokens)
-
-
-@pytest.fixture(scope="module")
-def shipped():
-    lm = ts.two_sat_model()
-    return lm, ts.two_sat(lm)
 
 
 def test_the_shipped_network_is_the_one_its_training_recorded(shipped):

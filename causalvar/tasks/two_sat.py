@@ -12,9 +12,9 @@ The prompt is the paper's token layout: 4 tokens per clause then the readout, 41
 are each clause's second literal (position ``4i + 2``, where the paper's parser is read), ``last`` the
 readout.
 
-The network is a tiny Falcon decoder built from a config (``model_config``; no download): 2 layers,
+The network is a tiny Falcon decoder built from a config (``CONFIG``; no download): 2 layers,
 d_model 128, d_mlp 512, ReLU, attention then MLP, 8 heads per layer with ALiBi position biases, and a
-word-level tokenizer built offline (``tokenizer``). It differs from the paper's where the HF family
+word-level tokenizer built offline (``write_network_files``). It differs from the paper's where the HF family
 forces it or where it had to, to train on a CPU: a LayerNorm before each sublayer and before the
 unembedding (the paper has none), ALiBi instead of learned positions (its steep heads attend locally
 from the start, so each clause's two literals meet at its second literal without a long plateau; a
@@ -38,6 +38,7 @@ import json
 import math
 import random
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -130,15 +131,31 @@ def prompt(setting) -> str:
     return " ".join(f"( {a} {b} )" for a, b in clauses_of(setting)) + " :"
 
 
-def tokenizer():
-    """The word-level tokenizer of ``VOCAB`` (built offline; offsets supported), padding on the left."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+#: the network's config (a Falcon decoder with ALiBi attention, no position embeddings): 2 layers, d_model 128,
+#: d_mlp 512, ReLU, 8 heads, attention then MLP (sequential), no dropout; written as ``config.json``
+CONFIG = {"model_type": "falcon", "architectures": ["FalconForCausalLM"], "vocab_size": len(VOCAB),
+          "hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 8, "ffn_hidden_size": 512,
+          "activation": "relu", "alibi": True, "new_decoder_architecture": False, "multi_query": False,
+          "parallel_attn": False, "bias": True, "max_position_embeddings": SEQ_LEN, "hidden_dropout": 0.0,
+          "attention_dropout": 0.0, "initializer_range": 0.02, "bos_token_id": VOCAB.index("[EOS]"),
+          "eos_token_id": VOCAB.index("[EOS]"), "pad_token_id": VOCAB.index("[PAD]"), "tie_word_embeddings": False}
 
+
+def write_network_files(folder: str | Path) -> None:
+    """The network's config and its word-level tokenizer of ``VOCAB`` (built offline with ``tokenizers``;
+    offsets supported; padding on the left) as files a ``save_pretrained`` folder holds, so that
+    ``cv.load_model(folder)`` loads the network with ``model.safetensors`` beside them."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     tok = Tokenizer(models.WordLevel({t: i for i, t in enumerate(VOCAB)}, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", eos_token="[EOS]",
-                                   padding_side="left")
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "PreTrainedTokenizerFast", "pad_token": "[PAD]", "unk_token": "[UNK]",
+         "eos_token": "[EOS]", "padding_side": "left", "model_max_length": SEQ_LEN}, indent=1) + "\n")
+    (folder / "config.json").write_text(json.dumps(CONFIG, indent=1) + "\n")
 
 
 def two_sat(lm=None) -> PromptTask:
@@ -150,42 +167,39 @@ def two_sat(lm=None) -> PromptTask:
 
 
 # ------------------------------------------------------------------------------------------ network
-def model_config():
-    """The network's config: a Falcon decoder with ALiBi attention (no position embeddings), 2 layers,
-    d_model 128, d_mlp 512, ReLU, 8 heads, attention then MLP (sequential), no dropout."""
-    from transformers import FalconConfig
-
-    eos = VOCAB.index("[EOS]")
-    return FalconConfig(vocab_size=len(VOCAB), hidden_size=128, num_hidden_layers=2, num_attention_heads=8,
-                        ffn_hidden_size=512, activation="relu", alibi=True, new_decoder_architecture=False,
-                        multi_query=False, parallel_attn=False, bias=True, max_position_embeddings=SEQ_LEN,
-                        bos_token_id=eos, eos_token_id=eos, pad_token_id=VOCAB.index("[PAD]"),
-                        tie_word_embeddings=False)
-
-
-def _network(seed: int = 0):
-    from transformers import FalconForCausalLM
-
-    torch.manual_seed(seed)
-    return FalconForCausalLM(model_config()).eval()
-
-
 def two_sat_model():
-    """The shipped network (``causalvar/tasks/two_sat_weights/model.safetensors``, made by ``train(seed=0)``) as
-    a ``cv.HFModel``; ``.info`` holds its training record (accuracy, steps, time)."""
-    from safetensors.torch import load_model
+    """The shipped network (``causalvar/tasks/two_sat_weights/``: ``model.safetensors`` made by ``train``, with
+    ``write_network_files``' config and tokenizer) as a ``cv.HFModel``; ``.info`` holds its training record
+    (accuracy, steps, time). Falcon's blocks take no key/value cache the adapter can cut, so suffix runs
+    recompute every position (the same numbers; ``fast_paths`` says so)."""
+    from ..models import load_model
+    from ..models.base import FastPathWarning
 
-    from ..models import HFModel
-
-    path = WEIGHTS / "model.safetensors"
-    if not path.exists():
-        raise FileNotFoundError(f"the 2-SAT weights are missing from the install ({path}); "
-                                "causalvar.tasks.two_sat.train() makes them")
-    net = _network()
-    load_model(net, str(path))
-    lm = HFModel(net, tokenizer(), reuse_kv=False)  # Falcon's blocks take no cache argument the adapter can cut
+    if not (WEIGHTS / "model.safetensors").exists():
+        raise FileNotFoundError(f"the 2-SAT weights are missing from the install ({WEIGHTS}); "
+                                "causalvar.tasks.two_sat.train(out=WEIGHTS) makes them")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FastPathWarning)  # said once here, in the docstring, not per load
+        lm = load_model(str(WEIGHTS))
     lm.info = json.loads((WEIGHTS / "training.json").read_text())
     return lm
+
+
+def _fresh_network(seed: int):
+    """The shipped architecture with every parameter drawn anew under ``seed`` (Falcon's initialisation:
+    linear and embedding weights ``N(0, 0.02)``, biases 0, LayerNorms 1 and 0), in training mode."""
+    net = two_sat_model().module
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.endswith("bias"):
+                p.zero_()
+            elif "layernorm" in name or "ln_f" in name:
+                p.fill_(1.0)
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) * CONFIG["initializer_range"])
+            p.requires_grad_(True)
+    return net.train()
 
 
 def _token_ids(settings: Sequence[dict]) -> torch.Tensor:
@@ -243,7 +257,7 @@ def train(seed: int = 0, steps: int = 7000, batch_size: int = 64, lr: float = 3e
         answers = torch.tensor([_prefix_answers(s) for s in data])  # [n, len(TRAIN_READS)]
         x, y, x_test, y_test = ids[:n_train], answers[:n_train], ids[n_train:], answers[n_train:, -1]
         t_data = time.perf_counter() - t0
-        net = _network(seed)
+        net = _fresh_network(seed)
         opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
         warm = max(1, steps // 20)
         sched = torch.optim.lr_scheduler.LambdaLR(
