@@ -21,7 +21,9 @@ from the start, so each clause's two literals meet at its second literal without
 GPT-2 with learned positions stayed at chance for 3,500 steps here), and 8 heads in both layers (the
 paper: 1 then 4).
 ``train`` produced the weights shipped in ``causalvar/tasks/two_sat_weights/`` (``two_sat_model`` loads
-them; ``training.json`` records the accuracy, the steps and the time). Where the paper trains on 10⁶
+them; ``training.json`` records the accuracy, the steps and the time), in a revision that drew the initial
+parameters with transformers' Falcon constructor under the seed; the current ``train`` draws the same
+distribution from its own generator (``_fresh_network``), so it makes another network of this recipe. Where the paper trains on 10⁶
 formulas in batches of 10⁴ for 1000 epochs on a GPU, ``train`` fits a CPU thread: batches of 64 drawn
 from 500,000 formulas, the answer asked at every clause's closing bracket too (of the clauses so far),
 and the formula's next-token loss beside it; the readout's answer is the one judged. ``train(seed=0)``
