@@ -9,6 +9,8 @@
         --layers all --positions io,s2,last --out runs/patch
                                          activation patching (no training): a folder per setting
                                          (table, heatmap) and STR against GN side by side
+    causalvar validate --task two_sat --order ignored --out runs/two_sat
+                                         the axioms' epsilon table of the 2-SAT case study
     causalvar dictionaries --task ioi --site 18:s2 --out runs/dict
                                          SAEs, neurons, PCA, DAS against supervised dictionaries
     causalvar run experiment.yaml        any of the above from a validated YAML file (copied into the run)
@@ -358,6 +360,30 @@ def dictionaries_cmd(args) -> int:
     return 0
 
 
+def validate_cmd(args) -> int:
+    import causalvar as cv
+
+    if args.task != "two_sat":
+        raise UsageError(f"validate has a built-in interpretation for the task 'two_sat' only, got {args.task!r}; "
+                         "for your own, build a cv.Interpretation and call cv.validate from Python")
+    if args.order not in ("ignored", "required"):
+        raise UsageError(f"--order {args.order!r}: the parser's clauses compare with literal order 'ignored' or "
+                         "'required'")
+    if not 0 < args.confidence < 1:
+        raise UsageError(f"--confidence {args.confidence}: a number in (0, 1), e.g. 0.95")
+    print("loading the shipped 2-SAT network ...", flush=True)
+    lm = cv.tasks.two_sat_model()
+    interp = cv.tasks.two_sat_interpretation(lm, order=args.order, n_fit=args.n_fit, seed=args.seed, delta=args.delta)
+    rep = cv.validate(lm, cv.tasks.two_sat(lm), interp, n=args.n, seed=args.seed, confidence=args.confidence,
+                      progress=sys.stderr.isatty())
+    out = Path(args.out)
+    rep.save(out)
+    rep.figure(out / "epsilon.png")
+    print(rep.table.to_string(index=False))
+    print(f"wrote {out} (results.csv, results.json, epsilon.png)")
+    return 0
+
+
 def run_cmd(args) -> int:
     from .experiment import prepare
 
@@ -462,6 +488,17 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=_at_least(1), default=64, help="rows per forward (no score depends on it)")
     p.add_argument("--out", required=True, help="results folder")
     p.set_defaults(func=patch_cmd)
+    p = sub.add_parser("validate", parents=[common],
+                       help="Palumbo et al.'s axioms on a built-in interpretation (the 2-SAT case study)")
+    p.add_argument("--task", default="two_sat", help="two_sat (the shipped network and the paper's interpretation)")
+    p.add_argument("--order", default="ignored", help="the parser's clause equality: ignored or required")
+    p.add_argument("--delta", type=_at_least(0), default=0, help="evaluator neurons allowed to differ (default 0)")
+    p.add_argument("--n", type=_at_least(1), default=10_000, help="formulas validated on (default 10000)")
+    p.add_argument("--n-fit", type=_at_least(1), default=4000, help="formulas the interpretation is fitted on")
+    p.add_argument("--confidence", type=_positive, default=0.95)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="results folder")
+    p.set_defaults(func=validate_cmd)
     p = sub.add_parser("dictionaries", parents=[common],
                        help="SAEs, neurons, PCA, DAS against supervised dictionaries at one site (Makelov et al.)")
     p.add_argument("--task", required=True, help="built-in task name (ioi, ...)")

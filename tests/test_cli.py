@@ -206,3 +206,15 @@ def test_dictionaries_writes_the_comparison_of_a_site(tmp_path, capsys):
     res = cv.sae_eval.DictionaryResults.load(out)
     assert {"supervised", "full_vector", "pca(k=8)"} <= set(res.table["dictionary"])
     assert (out / "dictionaries.png").exists() and "sufficiency" in capsys.readouterr().out
+
+
+def test_validate_writes_the_epsilon_table_of_the_2sat_case_study(tmp_path, capsys):
+    import causalvar as cv
+
+    out = tmp_path / "v"
+    assert main(["validate", "--task", "two_sat", "--n", "200", "--n-fit", "400", "--out", str(out)]) == 0
+    rep = cv.ValidationResults.load(out)
+    assert len(rep.table) == 12 and set(rep.table["n"]) == {200} and (out / "epsilon.png").exists()
+    assert "prefix_replaceability" in capsys.readouterr().out
+    code, err, _ = _error(capsys, ["validate", "--task", "ioi", "--out", str(out)])
+    assert code == 2 and "built-in interpretation for the task 'two_sat' only" in err
