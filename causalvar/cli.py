@@ -388,7 +388,8 @@ def run_cmd(args) -> int:
     from .experiment import prepare
 
     spec = prepare(args.file)
-    return {"localize": localize_cmd, "patch": patch_cmd, "dictionaries": dictionaries_cmd}[spec.analysis](spec.cli())
+    commands = {"localize": localize_cmd, "patch": patch_cmd, "dictionaries": dictionaries_cmd, "validate": validate_cmd}
+    return commands[spec.analysis](spec.cli())
 
 
 def report_cmd(args) -> int:
@@ -517,7 +518,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="results folder")
     p.set_defaults(func=dictionaries_cmd)
     p = sub.add_parser("run", parents=[common], help="run an experiment file (YAML), validated before any model loads")
-    p.add_argument("file", help="experiment.yaml: analysis (localize, patch, dictionaries), task, out and the "
+    p.add_argument("file", help="experiment.yaml: analysis (localize, patch, dictionaries, validate), task, out and the "
                    "command's options")
     p.set_defaults(func=run_cmd)
     p = sub.add_parser("report", parents=[common], help="one self-contained HTML page of a run folder")

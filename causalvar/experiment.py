@@ -13,7 +13,7 @@ the wrong type with what was expected. The run folder (``out``) receives a copy 
     n: 64
     out: runs/patch
 
-Each analysis (localize, patch, dictionaries) takes the options of the command of the same name
+Each analysis (localize, patch, dictionaries, validate) takes the options of the command of the same name
 (``causalvar localize -h``, ...), spelled with underscores; lists may be YAML lists or comma-separated strings.
 """
 from __future__ import annotations
@@ -95,15 +95,32 @@ class Dictionaries(_Analysis):
     edit_k: list[int] | str = "2,4,6"
 
 
-ANALYSES = {"localize": Localize, "patch": Patch, "dictionaries": Dictionaries}
-Experiment = Annotated[Union[Localize, Patch, Dictionaries], Field(discriminator="analysis")]
+class Validate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    analysis: Literal["validate"]
+    task: Literal["two_sat"] = "two_sat"
+    out: str
+    order: Literal["ignored", "required"] = "ignored"
+    delta: Annotated[int, Field(ge=0)] = 0
+    n: Count = 10_000
+    n_fit: Count = 4000
+    confidence: Annotated[float, Field(gt=0, lt=1)] = 0.95
+    seed: int = 0
+
+    def cli(self) -> argparse.Namespace:
+        return argparse.Namespace(**self.model_dump())
+
+
+ANALYSES = {"localize": Localize, "patch": Patch, "dictionaries": Dictionaries, "validate": Validate}
+Experiment = Annotated[Union[Localize, Patch, Dictionaries, Validate], Field(discriminator="analysis")]
 
 
 class ExperimentError(ValueError):
     """An experiment file that cannot be run, said with the key's path in the file."""
 
 
-def load(path: str | Path) -> _Analysis:
+def load(path: str | Path) -> _Analysis | Validate:
     """Read and validate an experiment file (no model is loaded)."""
     import yaml
     from pydantic import TypeAdapter
@@ -143,7 +160,7 @@ def _explain(err: dict, schema: type[BaseModel]) -> str:
     return f"key '{key}': {err['msg']} (got {err.get('input')!r})"
 
 
-def prepare(path: str | Path) -> _Analysis:
+def prepare(path: str | Path) -> _Analysis | Validate:
     """Validate the file (before any model loads) and copy it into its run folder; returns the analysis,
     whose ``cli()`` is the namespace its command runs on."""
     spec = load(path)

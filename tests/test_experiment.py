@@ -27,7 +27,8 @@ def write(tmp_path, text: str):
     ("analysis: patch\ntask: ioi\n", "missing key 'out'"),
     ("analysis: dictionaries\ntask: ioi\nout: runs/x\nsite: 18:s2\nlayers: all\n", "unknown key 'layers'"),
     ("analysis: dictionaries\ntask: ioi\nout: runs/x\n", "missing key 'site'"),
-    ("analysis: patching\ntask: ioi\nout: runs/x\n", "analysis must be one of ['dictionaries', 'localize', 'patch'], got 'patching' "
+    ("analysis: validate\nout: runs/x\norder: sorted\n", "key 'order': Input should be 'ignored' or 'required'"),
+    ("analysis: patching\ntask: ioi\nout: runs/x\n", "analysis must be one of ['dictionaries', 'localize', 'patch', 'validate'], got 'patching' "
                                                        "(did you mean 'patch'?)"),
     ("- analysis: patch\n", "expected a mapping of keys"),
     ("analysis: patch\ntask: [ioi\n", "is not valid YAML"),
