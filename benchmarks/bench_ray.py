@@ -43,8 +43,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     here = cv.localize(lm, task, variables, Neurons(), **kw)
     in_process = time.perf_counter() - t0
-    ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"OMP_NUM_THREADS": str(args.threads or 1)}})
+    ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False)
     t0 = time.perf_counter()
     cv.localize(lm, task, variables[0], Neurons(), **{**kw, "layers": [0]}, executor=cv.RayExecutor(num_workers=args.workers))
     startup = time.perf_counter() - t0

@@ -15,7 +15,6 @@ Ray is an optional dependency (``pip install causalvar[ray]``).
 from __future__ import annotations
 
 import math
-import os
 import traceback
 import warnings
 from collections.abc import Iterator, Sequence
@@ -39,15 +38,21 @@ class RayExecutor:
         num_workers: actors (default: the cluster's CPUs, or its GPUs when ``num_gpus_per_actor`` > 0).
         num_gpus_per_actor: GPUs each actor holds (the network is moved to its device by the adapter).
         retries: tries after the first for a cell that raises.
+        threads: torch threads per actor (default: this process's ``torch.get_num_threads()``, so that the
+            actors compute exactly what an in-process run would: results depend on the thread count in
+            their last bits, and trained featurizers amplify that).
     """
 
     def __init__(self, address: str | None = None, num_workers: int | None = None, num_gpus_per_actor: float = 0,
-                 retries: int = 2):
+                 retries: int = 2, threads: int | None = None):
         if num_workers is not None and (isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1):
             raise ValueError(f"num_workers must be a whole number >= 1, got {num_workers!r}")
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise ValueError(f"retries must be a whole number >= 0, got {retries!r}")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads must be a whole number >= 1, got {threads!r}")
         self.address, self.num_workers, self.gpus, self.retries = address, num_workers, num_gpus_per_actor, retries
+        self.threads = threads
 
     def _ray(self):
         try:
@@ -56,8 +61,7 @@ class RayExecutor:
             raise ImportError("executor='ray' needs Ray: pip install 'causalvar[ray]' (or pip install 'ray>=2,<3')") from e
         if not ray.is_initialized():
             kw = {"num_cpus": self.num_workers} if self.address is None and self.num_workers else {}
-            ray.init(address=self.address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
-                     runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}}, **kw)
+            ray.init(address=self.address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True, **kw)
         return ray
 
     def run(self, cells: Sequence[Cell], data: SweepData, store: RunStore | None = None, progress: bool = True,
@@ -87,7 +91,9 @@ class RayExecutor:
         n = max(1, min(len(todo), self.num_workers or int(slots) or 1))
         worker = ray.remote(num_cpus=0 if self.gpus else 1, num_gpus=self.gpus)(_Worker)
         shared = ray.put(data)  # the network, the captured activations and prepared bases: once, for every actor
-        actors = [worker.remote(shared) for _ in range(n)]
+        import torch
+
+        actors = [worker.remote(shared, self.threads or torch.get_num_threads()) for _ in range(n)]
         tries = {i: 0 for i in todo}
         pending, queue, free = {}, list(todo), list(range(n))
         next_out = 0
@@ -128,10 +134,10 @@ class _Failure:
 class _Worker:
     """A Ray actor: holds the sweep's data (taken from the object store once) and runs cells on it."""
 
-    def __init__(self, data: SweepData):
+    def __init__(self, data: SweepData, threads: int):
         import torch
 
-        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+        torch.set_num_threads(threads)
         self.data = data
 
     def run(self, cell: Cell):

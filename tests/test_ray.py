@@ -27,8 +27,7 @@ COLUMNS = ["variable", "featurizer", "layer", "position", "dataset", "iia", "n",
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -102,13 +101,14 @@ def test_a_killed_ray_driver_resumes_in_process_with_the_same_table(tmp_path):
         import sys, warnings
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         warnings.simplefilter("ignore")
-        import ray
+        import ray, torch
+        torch.set_num_threads({torch.get_num_threads()})  # this process's: the same numbers as the rerun here
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         from test_ray import sweep, DAS
         import causalvar as cv
         sweep(cv.RayExecutor(), out={str(out)!r}, feats=[DAS(dim=2), DAS(dim=4), DAS(dim=8), DAS(dim=16)])
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen([sys.executable, "-c", script])
     cells = out / "cells.jsonl"
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
