@@ -145,8 +145,8 @@ class _Restoration(Metric):
 
     def interval(self, scores, out, confidence=0.95, resamples: int = 1000) -> tuple[float, float]:
         """A percentile bootstrap over rows (pairs) of ``value``'s estimator (seeded)."""
-        idx = torch.randint(len(scores), (resamples, len(scores)), generator=torch.Generator().manual_seed(0))
-        return _percentiles(self._resampled(scores.double(), out, idx), confidence)
+        return percentile_interval(self._resampled(scores.double(), out, resample_rows(len(scores), resamples)),
+                                   confidence)
 
     def _resampled(self, scores: torch.Tensor, out: Outcome, idx: torch.Tensor) -> torch.Tensor:
         """The cell's value on each resample ``idx: [resamples, n]`` of the rows -> ``[resamples]``."""
@@ -156,7 +156,13 @@ class _Restoration(Metric):
         return f"{type(self).__name__}(clean={self.clean!r})"
 
 
-def _percentiles(boot: torch.Tensor, confidence: float) -> tuple[float, float]:
+def resample_rows(n: int, resamples: int = 1000) -> torch.Tensor:
+    """Bootstrap resamples of n rows, ``[resamples, n]`` row indices, seeded (the same every time)."""
+    return torch.randint(n, (resamples, n), generator=torch.Generator().manual_seed(0))
+
+
+def percentile_interval(boot: torch.Tensor, confidence: float) -> tuple[float, float]:
+    """The ``confidence`` percentile interval of bootstrap values ``boot: [resamples]``."""
     a = (1 - confidence) / 2
     return float(boot.quantile(a)), float(boot.quantile(1 - a))
 

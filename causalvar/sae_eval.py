@@ -36,7 +36,7 @@ from featurizers import Featurizer, FeaturizerError, Neurons, SupervisedDictiona
 
 from .counterfactuals import CounterfactualDataset
 from .engine import Engine
-from .metrics import Metric, MetricError, logit_diff
+from .metrics import Metric, MetricError, logit_diff, percentile_interval, resample_rows
 from .models import as_adapter
 from .models.base import Batch
 from .results import Results
@@ -65,11 +65,8 @@ class DictionaryError(ValueError):
 # ------------------------------------------------------------------------------------------ metrics
 def _bootstrap(value: Callable, arrays: Sequence[torch.Tensor], confidence: float, resamples: int = 1000):
     """The ``confidence`` percentile interval of ``value(*arrays resampled by row)``."""
-    n = len(arrays[0])
-    idx = torch.randint(n, (resamples, n), generator=torch.Generator().manual_seed(0))
-    boot = torch.stack([value(*(a.double()[i] for a in arrays)) for i in idx])
-    a = (1 - confidence) / 2
-    return float(boot.quantile(a)), float(boot.quantile(1 - a))
+    boot = torch.stack([value(*(a.double()[i] for a in arrays)) for i in resample_rows(len(arrays[0]), resamples)])
+    return percentile_interval(boot, confidence)
 
 
 class _LD(Metric):
