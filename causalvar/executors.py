@@ -115,12 +115,9 @@ class RayExecutor:
                 store.write_cell(outcome.rows, outcome.featurizer, outcome.cell.key)  # lands as it finishes
             results[i] = outcome
             bar.update(1)
-            while next_out < len(cells) and next_out in results:  # back in the cells' order
-                yield results.pop(next_out)
+            while next_out < len(cells) and next_out in results:  # back in the cells' order (the last one
+                yield results.pop(next_out)                        # to finish yields all that remain)
                 next_out += 1
-        while next_out < len(cells):
-            yield results.pop(next_out)
-            next_out += 1
 
 
 class _Failure:
