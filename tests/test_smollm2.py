@@ -96,15 +96,25 @@ def test_attribution_patching_agrees_near_the_logits_and_not_at_the_early_names(
 
 
 def test_a_bfloat16_sweep_is_within_a_hundredth_of_float32(smollm):
-    """The embedded model in bfloat16 (featurizers stay float32): full-vector IIA of IOI's output_token at
-    three layers and two positions against the float32 sweep. Measured on this CPU: five cells identical,
-    the last block's read position 2 of 128 pairs apart (0.016: answers on a near-tie flip in bfloat16)."""
+    """The embedded model in bfloat16 (featurizers stay float32) against float32: full-vector IIA of IOI's
+    output_token at three layers x three positions, on the same pairs: those the float32 model answers
+    correctly (MIB's filter judged once; filtering per dtype would score two different samples, as
+    the bf16 model keeps another 317 of these 320). Measured: eight cells identical, the last block's
+    read position 2 of 318 pairs apart (0.006)."""
     import torch
 
+    from causalvar.engine import Engine
+    from causalvar.splits import build_splits
+
     half = cv.load_model("smollm2-135m", dtype=torch.bfloat16)
-    kw = dict(layers=[6, 18, 27], positions=["io", "last"], n_train=0, n_test=128, seed=0, progress=False)
-    a = cv.localize(smollm, cv.tasks.ioi(smollm), "output_token", Neurons(), **kw)
+    task = cv.tasks.ioi(smollm)
+    drawn = task.counterfactual_sets("output_token", 320, seed=0)[0]
+    _, data = build_splits(Engine(smollm), task, drawn, [], [None], filter_correct=True)
+    kw = dict(layers=[6, 18, 27], positions=["io", "s2", "last"], n_train=0, n_test=len(data), data=data,
+              filter_correct=False, seed=0, progress=False)
+    a = cv.localize(smollm, task, "output_token", Neurons(), **kw)
     b = cv.localize(half, cv.tasks.ioi(half), "output_token", Neurons(), **kw)
     diff = (a.table["iia"] - b.table["iia"]).abs()
-    shown = a.table.assign(bf16=b.table["iia"])[["layer", "position", "iia", "bf16"]]
-    assert diff.mean() <= 0.005 and diff.max() <= 2 / 128, shown
+    shown = a.table.assign(bf16=b.table["iia"])[["layer", "position", "n", "iia", "bf16"]]
+    assert len(data) > 300 and a.table["iia"].max() > 0.85, shown  # the sweep localizes somewhere
+    assert diff.max() <= 0.01 and (diff > 0).sum() <= 1, shown
