@@ -107,10 +107,11 @@ def run_cell(cell: Cell, data: SweepData, progress: bool = False) -> CellResult:
     torch.manual_seed(t.seed)
     feat = cell_featurizer(cell.featurizer)
     feat.build(data.train.sources[site].shape[-1])
-    controlled = cell.controls > 0 and _has_controls(feat)  # of subspace form: checked before any training
     info = {}
     if feat.learns_from_activations and not feat.fitted:
         fit_activations(feat, data.train, site)
+    controlled = cell.controls > 0 and _has_controls(feat)  # of subspace form (once fitted: a DBM over PCA
+    # knows its size then), checked before the interchange training
     if feat.learns_from_interventions and data.n_train > 0:
         val = data.val if data.val is not None and len(data.val) else None
         hist = train(data.engine, feat, site, data.train, val, epochs=t.epochs, lr=t.lr, seed=t.seed,

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import causalvar as cv
-from featurizers import DAS, DBM, SAE, FeaturizerError, Neurons
+from featurizers import DAS, DBM, PCA, SAE, FeaturizerError, Neurons
 from featurizers.subspace import random_controls
 
 
@@ -52,8 +52,18 @@ def test_a_trained_das_beats_its_controls_where_it_localizes_and_the_heatmap_hat
     assert len(hatches) == int((res.table["iia"] <= res.table["control_max"]).sum()) > 0
 
 
-def test_controls_of_a_featurizer_not_of_subspace_form_are_refused_before_it_trains(equality):
+def test_controls_of_a_featurizer_not_of_subspace_form_are_refused_before_its_interchange_training(equality):
     task, net = equality
     with pytest.raises(FeaturizerError, match=r"controls: sae is not an orthonormal subspace.*score dbm\(sae.*\) with controls=0"):
         cv.localize(net, task, "left", DBM(SAE(d_sae=8)), layers=[0], n_train=64, n_test=32, controls=2,
                     progress=False)
+
+
+def test_a_dbm_over_pca_gets_random_masks_of_its_learned_size_over_the_same_components(equality):
+    """DBM(PCA()) knows its size only once PCA is fitted: its controls are drawn then, as many random
+    components of the fitted basis as the mask kept."""
+    task, net = equality
+    res = cv.localize(net, task, "left", DBM(PCA()), layers=[0], n_train=256, n_test=128, epochs=2, seed=0,
+                      controls=3, progress=False)
+    row = res.table.iloc[0]
+    assert row["controls"] == 3 and 0 <= row["control_mean"] <= row["control_max"] <= 1
