@@ -1,17 +1,23 @@
-"""Issue 5: MIB's causal-variable protocol on the embedded SmolLM2-135M, task by task.
+"""Issue 5 / 15: MIB's causal-variable protocol on the embedded SmolLM2-135M, task by task.
 
 For each task (IOI, IOI's logit-difference variant, MCQA, two-digit addition, RAVEL-style cities) and
-each featurizer of MIB's baselines -- the full vector, DAS and DBM over neurons -- ``cv.localize`` scores
-every (layer x token position) cell on each of the task's counterfactual sets, after dropping the
-pairs the model gets wrong on base or source (MIB's filter). Written per task to
-``benchmarks/results/mib/<task>.json`` (``--out`` names another folder): the model's accuracy on the task, the filtering report of
-each set (kept / dropped), the score of every cell, the MIB score per variable and featurizer (mean
-over sets -> best position per layer -> mean and best over layers; lower is better for the
-logit-difference task's squared error), the sizes and the timing; plus ``<task>.png`` (heatmaps)
-and ``<task>.csv`` (the table). ``--table`` prints the Markdown score table of every task's JSON.
+each featurizer of MIB's baselines -- the full vector, DAS with MIB's subspace size per variable (with
+``--controls`` random same-size subspaces beside it), DBM over neurons and DBM over PCA components --
+``cv.localize`` scores every (layer x token position) cell on each of the task's counterfactual sets,
+after dropping the pairs the model gets wrong on base or source (MIB's filter). Featurizers train to
+convergence (early stopping; ``--epochs`` is the bound). Layers: the ``--top`` layers per variable where
+the full vector localizes best, chosen by a scan of the candidate ``--layers`` (the full vector learns
+nothing, so the scan costs forwards only), or every candidate with ``--top 0``.
 
-    python benchmarks/bench_mib.py                      # every task, the sizes below
-    python benchmarks/bench_mib.py --tasks mcqa,ravel --variables answer,Country --n-train 128
+Written per task to ``benchmarks/results/mib/<task>.json`` (``--out`` names another folder): the model's
+accuracy on the task, the layer scan, the filtering report of each set (kept / dropped), the score of
+every cell, the MIB score per variable and featurizer (mean over sets -> best position per layer ->
+mean and best over layers; lower is better for the logit-difference task's squared error), the sizes,
+the timing and the seconds per trained cell; plus ``<task>.png`` (heatmaps) and ``<task>.csv`` (the
+table). ``--table`` prints the Markdown score table of every task's JSON.
+
+    python benchmarks/bench_mib.py                      # every task, MIB's budget (256 training pairs per set)
+    python benchmarks/bench_mib.py --tasks ioi --variables output_token --top 4
     python benchmarks/bench_mib.py --table              # the README's table from the JSON files
 """
 from __future__ import annotations
@@ -29,7 +35,8 @@ from common import RESULTS, base_parser, load_lm, parse_list, setup_threads, wri
 import causalvar as cv  # noqa: E402
 from causalvar import task_accuracy  # noqa: E402
 from causalvar.cli import parse_layers  # noqa: E402
-from featurizers import DAS, DBM, Neurons  # noqa: E402
+from causalvar.train import EPOCHS  # noqa: E402
+from featurizers import DAS, DBM, PCA, Neurons  # noqa: E402
 
 OUT = RESULTS / "mib"
 
@@ -54,11 +61,14 @@ def parser():
     p = base_parser(__doc__.split("\n\n")[0])
     p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated built-in tasks")
     p.add_argument("--variables", default=None, help="keep only these variables (names other tasks lack are ignored)")
-    p.add_argument("--layers", default="0:29:4", help="a range 0:29:4 (8 layers), a list 0,5,29, or all")
-    p.add_argument("--n-train", type=int, default=64, help="training pairs per counterfactual set (DAS, DBM)")
-    p.add_argument("--n-test", type=int, default=48, help="test pairs per counterfactual set")
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--layers", default="all", help="candidate layers: a range 0:29:4, a list 0,5,29, or all")
+    p.add_argument("--top", type=int, default=4,
+                   help="per variable, the layers where the full vector scores best on a scan of --layers (0: all)")
+    p.add_argument("--n-train", type=int, default=256, help="training pairs per counterfactual set (DAS, DBM)")
+    p.add_argument("--n-test", type=int, default=64, help="test pairs per counterfactual set")
+    p.add_argument("--epochs", type=int, default=EPOCHS, help="upper bound of the training epochs (early stopping)")
     p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--controls", type=int, default=5, help="random same-size controls per trained cell")
     p.add_argument("--dim", type=int, default=None, help="DAS subspace size for every variable (default: MIB's, DAS_DIM)")
     p.add_argument("--n-accuracy", type=int, default=256, help="prompts for the model's task accuracy")
     p.add_argument("--table", action="store_true", help="print the Markdown table of the JSON files and exit")
@@ -66,49 +76,73 @@ def parser():
     return p
 
 
+def scan_layers(lm, task, variable: str, layers: list[int], positions, args) -> tuple[list[int], dict]:
+    """The ``args.top`` layers of ``layers`` where the full vector scores best on ``variable`` (mean over
+    the sets, best position), in layer order, and every candidate's score."""
+    scan = cv.localize(lm, task, variable, Neurons(), layers=layers, positions=positions, n_train=0,
+                       n_test=args.n_test, seed=args.seed, batch_size=args.batch_size, progress=False)
+    per_layer = (scan.table.groupby(["layer", "position"])[scan.metric].mean()
+                 .groupby("layer").agg("min" if scan.lower_is_better else "max"))
+    best = per_layer.sort_values(ascending=scan.lower_is_better).index[:args.top]
+    return sorted(int(layer) for layer in best), {int(k): round(float(v), 4) for k, v in per_layer.items()}
+
+
 def run_task(lm, name: str, args, out: Path) -> dict:
-    """Localize one task's variables with the three featurizers; returns the JSON payload."""
+    """Localize one task's variables with MIB's featurizers; returns the JSON payload."""
     t0 = time.perf_counter()
     task = cv.tasks.REGISTRY[name](lm)
     variables, positions = TASKS[name]
     if args.variables:
         variables = [v for v in variables if v in parse_list(args.variables)]
-    layers = parse_layers(args.layers, lm.n_layers)
+    candidates = parse_layers(args.layers, lm.n_layers)
     accuracy = task_accuracy(lm, task, n=args.n_accuracy, seed=args.seed)
-    print(f"{name}: accuracy {accuracy:.3f} on {args.n_accuracy} prompts; {variables} at {len(layers)} layers x "
-          f"{positions}", flush=True)
+    print(f"{name}: accuracy {accuracy:.3f} on {args.n_accuracy} prompts; {variables} x {positions}", flush=True)
     res = cv.Results(meta={"metric": task.metric.name, "lower_is_better": task.metric.lower_is_better, "data": {}})
-    featurizers = {}
-    for v in variables:  # one sweep per variable: DAS takes the variable's own size
-        feats = [Neurons(), DAS(dim=args.dim or DAS_DIM[v](lm.d_model)), DBM(Neurons())]
+    featurizers, chosen, scans, trained, t_train = {}, {}, {}, 0, 0.0
+    for v in variables:  # one sweep per variable: DAS takes the variable's own size, the layers are its own
+        layers, scans[v] = scan_layers(lm, task, v, candidates, positions, args) if args.top else (candidates, {})
+        chosen[v] = layers
+        print(f"  {v}: layers {layers}" + (f" (full-vector scan of {len(candidates)})" if args.top else ""), flush=True)
+        feats = [Neurons(), DAS(dim=args.dim or DAS_DIM[v](lm.d_model)), DBM(Neurons()), DBM(PCA())]
+        t1 = time.perf_counter()
         part = cv.localize(lm, task, v, feats, layers=layers, positions=positions, n_train=args.n_train,
                            n_test=args.n_test, epochs=args.epochs, lr=args.lr, seed=args.seed,
-                           batch_size=args.batch_size, train_batch_size=args.batch_size,
+                           batch_size=args.batch_size, train_batch_size=args.batch_size, controls=args.controls,
                            out=out / "runs" / name / v, progress=False)
+        t_train += time.perf_counter() - t1
+        trained += 3 * len(layers) * len(positions)  # DAS and the two DBMs train; the full vector does not
         res.rows += part.rows
         res.meta["data"].update(part.meta["data"])
         featurizers[v] = [f.name for f in feats]
     res.heatmap(out / f"{name}.png", title=f"{name} on SmolLM2-135M ({res.metric}, mean over sets)")
     res.table.to_csv(out / f"{name}.csv", index=False)
     scores = res.mib_score()
+    t = res.table
+    controls = (cv.metrics.mib_aggregate(t[t["control_mean"].notna()], "control_mean", res.lower_is_better)
+                if args.controls else None)  # the same aggregation of the controls' mean, where there are any
     print(scores.to_string(index=False), flush=True)
     return {"task": name, "metric": res.metric, "lower_is_better": res.lower_is_better,
-            "accuracy": accuracy, "n_accuracy": args.n_accuracy, "variables": variables, "layers": layers,
-            "positions": positions, "featurizers": featurizers,
+            "accuracy": accuracy, "n_accuracy": args.n_accuracy, "variables": variables, "layers": chosen,
+            "layer_scan": scans, "positions": positions, "featurizers": featurizers,
             "logit_diff_fit": getattr(task, "fit", None), "filtering": res.meta["data"],
-            "scores": scores.to_dict("records"), "cells": res.rows, "seconds": round(time.perf_counter() - t0, 1)}
+            "scores": scores.to_dict("records"),
+            "control_scores": [] if controls is None else controls.to_dict("records"),
+            "cells": res.rows, "seconds": round(time.perf_counter() - t0, 1),
+            "seconds_per_trained_cell": round(t_train / max(trained, 1), 1)}
 
 
 def table(out: Path = OUT) -> str:
-    """The MIB scores of every ``<task>.json`` in ``out`` as one Markdown table, "mean (best)"."""
-    lines = ["| task | variable | metric | model accuracy | pairs kept / drawn | full vector | DAS | DBM |",
-             "|---|---|---|---|---|---|---|---|"]
+    """The MIB scores of every ``<task>.json`` in ``out`` as one Markdown table, "mean (best)"; DAS's
+    random controls beside it."""
+    lines = ["| task | variable | metric | model accuracy | pairs kept / drawn | layers | full vector | DAS | "
+             "DAS's random controls | DBM neurons | DBM PCA |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in TASKS:
         path = out / f"{name}.json"
         if not path.exists():
             continue
         doc = json.loads(path.read_text())
         by = {(s["variable"], s["featurizer"]): s for s in doc["scores"]}
+        control = {(s["variable"], s["featurizer"]): s for s in doc.get("control_scores", [])}
         for v in doc["variables"]:
             kept = drawn = 0
             for key, report in doc["filtering"].items():
@@ -116,12 +150,15 @@ def table(out: Path = OUT) -> str:
                     line = next(x for x in report if x.startswith("filter 'network answers"))
                     dropped, of = (int(t) for t in line.rsplit("dropped ", 1)[1].split(" of "))
                     kept, drawn = kept + of - dropped, drawn + of
-            cells = [by.get((v, f)) for f in doc["featurizers"][v]]
+            names = doc["featurizers"][v]
             fmt = lambda s: "–" if s is None else f"{s['mean']:.2f} ({s['best']:.2f})"
-            k = doc["featurizers"][v][1].split("=")[1].rstrip(")")
-            scores = [fmt(cells[0]), f"k={k}: {fmt(cells[1])}", fmt(cells[2])]
+            k = names[1].split("=")[1].rstrip(")")
+            layers = doc["layers"][v] if isinstance(doc["layers"], dict) else doc["layers"]
+            scores = [fmt(by.get((v, names[0]))), f"k={k}: {fmt(by.get((v, names[1])))}",
+                      fmt(control.get((v, names[1]))), *(fmt(by.get((v, f))) for f in names[2:])]
             lines.append(f"| {name} | {v} | {doc['metric']}{' ↓' if doc['lower_is_better'] else ''} | "
-                         f"{doc['accuracy']:.2f} | {kept} / {drawn} | " + " | ".join(scores) + " |")
+                         f"{doc['accuracy']:.2f} | {kept} / {drawn} | {','.join(map(str, layers))} | "
+                         + " | ".join(scores) + " |")
     return "\n".join(lines)
 
 
