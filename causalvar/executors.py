@@ -2,9 +2,11 @@
 ``RayExecutor`` runs cells on a Ray cluster: ``cv.localize(..., executor="ray")`` or
 ``executor=cv.RayExecutor(address=...)``.
 
-The sweep's prepared data (``SweepData``: the frozen network inside its engine, the captured source
-activations and the bases' prefix states) goes into Ray's object store once; each actor (one per CPU slot or
-device) takes it from there once and runs cells on it (``run_cell``), so nothing is captured again per cell.
+The frozen network (inside its engine) goes into Ray's object store once per executor and sweep: its actors
+(one per CPU slot or device) load it once and stay up for every variable of the sweep; each variable's
+prepared data (``SweepData`` less the engine: the captured source activations, the bases' prefix states) is
+put once and taken once by each actor, which then runs cells on it (``run_cell``), so nothing is captured
+again per cell and the network is not shipped again per variable.
 The driver lands every finished cell in the same run store as the in-process executor, as it finishes, so a
 killed sweep resumes (in-process or on Ray) losing only the cells in flight. A cell that raises is retried
 ``retries`` times, then reported in the table (its rows carry ``error``, the metric NaN), never dropped.
@@ -18,6 +20,7 @@ import math
 import traceback
 import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 
 from tqdm.auto import tqdm
 
@@ -53,6 +56,7 @@ class RayExecutor:
             raise ValueError(f"threads must be a whole number >= 1, got {threads!r}")
         self.address, self.num_workers, self.gpus, self.retries = address, num_workers, num_gpus_per_actor, retries
         self.threads = threads
+        self._pool: tuple | None = None  # (the engine, its actors): reused while the sweep's engine is the same
 
     def _ray(self):
         try:
@@ -84,16 +88,26 @@ class RayExecutor:
         finally:
             bar.close()
 
+    def _actors(self, ray, engine, n: int) -> list:
+        """``n`` actors holding ``engine``: started (and the network shipped) once, then reused by every
+        later run on the same engine (each variable of a sweep); a new engine starts new ones."""
+        if self._pool is None or self._pool[0] is not engine or len(self._pool[1]) < n:
+            import torch
+
+            worker = ray.remote(num_cpus=0 if self.gpus else 1, num_gpus=self.gpus)(_Worker)
+            ref = ray.put(engine)
+            self._pool = None  # drop the old actors' handles first: Ray ends them and frees their slots
+            self._pool = (engine, [worker.remote(ref, self.threads or torch.get_num_threads()) for _ in range(n)])
+        return self._pool[1][:n]
+
     def _ordered(self, cells, todo, results, data, store, bar) -> Iterator[CellResult]:
         ray = self._ray()
         resources = ray.cluster_resources()
         slots = resources.get("GPU", 0) / self.gpus if self.gpus else resources.get("CPU", 1)
         n = max(1, min(len(todo), self.num_workers or int(slots) or 1))
-        worker = ray.remote(num_cpus=0 if self.gpus else 1, num_gpus=self.gpus)(_Worker)
-        shared = ray.put(data)  # the network, the captured activations and prepared bases: once, for every actor
-        import torch
-
-        actors = [worker.remote(shared, self.threads or torch.get_num_threads()) for _ in range(n)]
+        actors = self._actors(ray, data.engine, n)
+        shared = ray.put(replace(data, engine=None))  # this variable's activations and prepared bases: once
+        ray.get([a.load.remote(shared) for a in actors])
         tries = {i: 0 for i in todo}
         pending, queue, free = {}, list(todo), list(range(n))
         next_out = 0
@@ -129,13 +143,18 @@ class _Failure:
 
 
 class _Worker:
-    """A Ray actor: holds the sweep's data (taken from the object store once) and runs cells on it."""
+    """A Ray actor: holds the sweep's engine (the frozen network, taken from the object store once) and the
+    current variable's data, and runs cells on them."""
 
-    def __init__(self, data: SweepData, threads: int):
+    def __init__(self, engine, threads: int):
         import torch
 
         torch.set_num_threads(threads)
-        self.data = data
+        self.engine, self.data = engine, None
+
+    def load(self, data: SweepData) -> None:
+        """The next variable's splits (``data.engine`` is None: the actor's own engine joins them)."""
+        self.data = replace(data, engine=self.engine)
 
     def run(self, cell: Cell):
         try:

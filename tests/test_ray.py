@@ -44,6 +44,11 @@ def test_a_ray_sweep_gives_the_in_process_table(local_ray, tmp_path):
     here = sweep(None)
     there = sweep(cv.RayExecutor(), out=tmp_path / "run")
     assert there.table[COLUMNS].equals(here.table[COLUMNS])
+    executor = cv.RayExecutor()  # two variables: the actors start once and take each variable's data in turn
+    task, net = cv.tasks.hierarchical_equality(), cv.tasks.equality_mlp()
+    both = [cv.localize(net, task, ["left", "right"], Neurons(), layers=[0, 2], n_train=0, n_test=100, seed=0,
+                        progress=False, executor=e) for e in (None, executor)]
+    assert both[1].table[COLUMNS].equals(both[0].table[COLUMNS]) and set(both[1].table["variable"]) == {"left", "right"}
     assert len((tmp_path / "run" / "cells.jsonl").read_text().splitlines()) == len(here.rows)  # landed by the driver
     again = sweep("ray", out=tmp_path / "run")  # every cell resumed from the store, none run
     assert again.table[COLUMNS].equals(here.table[COLUMNS])
