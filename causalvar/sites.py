@@ -6,9 +6,10 @@ from dataclasses import dataclass
 #: where in a layer a site reads and writes. On a module path, ``resid_post`` / ``resid_pre`` are the
 #: module's output / input. ``attn_out`` and ``mlp_out`` are what the attention and MLP sublayers add to
 #: the residual stream, ``head`` one attention head's output before the output projection
-#: (``[.., d_head]``, with ``Site.head``). ``"output"`` and ``"input"`` are the older names of
-#: ``resid_post`` and ``resid_pre``.
-COMPONENTS = ("resid_post", "resid_pre", "attn_out", "mlp_out", "head")
+#: (``[.., d_head]``, with ``Site.head``), ``mlp_hidden`` the MLP's hidden activation after its nonlinearity
+#: (the input of its output projection, ``[.., d_mlp]``; in a gated MLP the activated gate times the up
+#: projection). ``"output"`` and ``"input"`` are the older names of ``resid_post`` and ``resid_pre``.
+COMPONENTS = ("resid_post", "resid_pre", "attn_out", "mlp_out", "head", "mlp_hidden")
 ALIASES = {"output": "resid_post", "input": "resid_pre"}
 
 
@@ -23,7 +24,8 @@ class Site:
             token), ``"last"``, or one of the task's named token roles; ``None`` for networks whose
             activations have no sequence axis.
         component: one of ``COMPONENTS``: ``"output"``/``"resid_post"`` (the module's output, e.g. the
-            residual after a block), ``"input"``/``"resid_pre"``, ``"attn_out"``, ``"mlp_out"``, ``"head"``.
+            residual after a block), ``"input"``/``"resid_pre"``, ``"attn_out"``, ``"mlp_out"``, ``"head"``,
+            ``"mlp_hidden"`` (the MLP's neurons).
         head: the attention head of a ``"head"`` site (a query head, ``0..n_heads-1``).
     """
 

@@ -232,6 +232,12 @@ class Adapter:
         """Logits the task reads: ``[n, n_classes]`` (at ``batch.read`` for sequence models)."""
         raise NotImplementedError
 
+    def unembed(self, h: torch.Tensor) -> torch.Tensor:
+        """What a language model does to the residual stream after its last block (its final norm, then
+        the unembedding): ``h: [..., d]`` -> vocabulary logits ``[..., vocab]``, so that ``unembed`` of the
+        last block's output at the read position gives ``forward``'s logits."""
+        raise ModelError(f"a {type(self).__name__} has no unembedding; unembed needs a language model (cv.HFModel)")
+
     def generate(self, batch: Batch, n_tokens: int, after_prompt=None) -> torch.Tensor:
         """Greedy decoding (language models): ``n_tokens`` ids ``[n, n_tokens]`` after each row's last real
         token; ``after_prompt()`` is called once the prompt has run (e.g. to remove an intervention)."""

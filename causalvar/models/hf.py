@@ -14,9 +14,11 @@ from .base import EMBED_NOISE, Adapter, Batch, FastPathWarning, ModelError, hook
 _BLOCK_ATTRS = ("layers", "h", "blocks")
 _NORM_ATTRS = ("norm", "ln_f", "final_layernorm", "final_layer_norm")
 # inside a block: the attention and MLP sublayers, and the attention's output projection
-_ATTN_ATTRS = ("self_attn", "attn", "attention")
+_ATTN_ATTRS = ("self_attn", "attn", "attention", "self_attention")  # the last: Falcon
 _MLP_ATTRS = ("mlp", "feed_forward")
 _OUT_PROJ_ATTRS = ("o_proj", "c_proj", "out_proj", "dense")
+# inside an MLP: its output projection, whose input is the hidden activation (``mlp_hidden``)
+_MLP_OUT_ATTRS = ("down_proj", "c_proj", "dense_4h_to_h", "fc2", "fc_out")
 # Gemma-2-style blocks normalise each sublayer's output before adding it to the residual stream
 _POST_NORMS = {"attn_out": "post_attention_layernorm", "mlp_out": "post_feedforward_layernorm"}
 # attention implementations whose masks causalvar can build when HF passed none
@@ -169,7 +171,10 @@ class HFModel(Adapter):
         - ``head``: query head ``site.head``'s attention output before the output projection,
           ``[n, seq, d_head]``. With grouped-query attention a query head still has its own output
           (its attention pattern over the key/value head it shares); writing it changes only that
-          query head's contribution ``z_h W_O[h]``, not the shared keys and values.
+          query head's contribution ``z_h W_O[h]``, not the shared keys and values;
+        - ``mlp_hidden``: the MLP's neurons, the input of its output projection (``down_proj``, GPT-2's
+          ``c_proj``, Falcon's ``dense_4h_to_h``, ...), ``[n, seq, d_mlp]``: the activation after the
+          nonlinearity (in a gated MLP, the activated gate times the up projection).
         """
         if site.component in ("resid_post", "resid_pre"):
             return super().hook(site, fn)
@@ -177,6 +182,10 @@ class HFModel(Adapter):
             raise ModelError(f"site {site}: '{site.component}' sites take an int layer (a decoder block), "
                              f"got the module path {site.layer!r}")
         block = self.submodule(self.module_path(site))
+        if site.component == "mlp_hidden":
+            mlp = _child(block, _MLP_ATTRS, f"the MLP of block {site.layer}")
+            return hook_module(_child(mlp, _MLP_OUT_ATTRS, f"the MLP output projection of block {site.layer}"),
+                               "input", fn)
         attn = _child(block, _ATTN_ATTRS, f"the attention of block {site.layer}")
         if site.component == "head":
             if not site.head < self.n_heads:
@@ -191,19 +200,27 @@ class HFModel(Adapter):
         return hook_module(sub, "output", fn)
 
     def inner_block(self, site: Site) -> int | None:
-        """A sublayer's output or a head (int layer) is computed inside its decoder block: a suffix run
-        starts at that block's cached input with the site hooked."""
-        if site.component in ("attn_out", "mlp_out", "head") and isinstance(site.layer, int):
+        """A sublayer's output, a head or the MLP's neurons (int layer) are computed inside its decoder
+        block: a suffix run starts at that block's cached input with the site hooked."""
+        if site.component in ("attn_out", "mlp_out", "head", "mlp_hidden") and isinstance(site.layer, int):
             return site.layer % self.n_layers
         return None
 
     def _logits(self, normed: torch.Tensor, read: torch.Tensor) -> torch.Tensor:
         """``normed: [n, seq, d]`` -> vocabulary logits at ``read: [n]`` -> ``[n, vocab]``."""
-        h = normed[torch.arange(len(read), device=normed.device), read.to(normed.device)]
-        logits = self._head(h)
+        return self._project(normed[torch.arange(len(read), device=normed.device), read.to(normed.device)])
+
+    def _project(self, normed: torch.Tensor) -> torch.Tensor:
+        """The unembedding (and Gemma 2's logit soft-capping) of normed states ``[..., d]`` -> ``[..., vocab]``."""
+        logits = self._head(normed)
         if self._softcap:
             logits = torch.tanh(logits / self._softcap) * self._softcap
         return logits
+
+    def unembed(self, h: torch.Tensor) -> torch.Tensor:
+        """The final norm, the unembedding (and Gemma 2's logit soft-capping) of residual-stream states
+        ``h: [..., d]`` after the last block -> vocabulary logits ``[..., vocab]``."""
+        return self._project(self._norm(h.to(self._head.weight)))
 
     def forward(self, batch: Batch) -> torch.Tensor:
         out = self._base(**self._inputs(batch), use_cache=False)

@@ -11,7 +11,7 @@ from .base import EMBED_NOISE, Adapter, Batch, FastPathWarning, ModelError, hook
 
 #: canonical components -> the hook point inside ``blocks.{L}`` that carries them
 HOOK_NAMES = {"resid_pre": "hook_resid_pre", "resid_post": "hook_resid_post", "attn_out": "hook_attn_out",
-              "mlp_out": "hook_mlp_out", "head": "attn.hook_z"}
+              "mlp_out": "hook_mlp_out", "head": "attn.hook_z", "mlp_hidden": "mlp.hook_post"}
 
 
 def is_hooked_transformer(model) -> bool:
