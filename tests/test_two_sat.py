@@ -96,17 +96,18 @@ def test_prompts_put_each_clause_role_at_its_second_literal(shipped):
     for i in range(ts.N_CLAUSES):
         pos = batch.positions[f"c{i}"]
         assert [tokens[r][int(pos[r])] for r in range(20)] == [ts.clauses_of(s)[i][1] for s in settings]
+        assert all(tokens[r][int(batch.positions[f"end{i}"][r])] == ")" for r in range(20))
     assert all(t[-1] == ":" for t in tokens)
 
 
 def test_the_shipped_network_is_the_one_its_training_recorded(shipped):
     lm, task = shipped
     record = lm.info
-    assert record["torch_threads"] == 1 and record["steps"] == 7000 and record["seed"] == 0
-    fresh = cv.task_accuracy(lm, task, n=1000, seed=2026)  # formulas of a stream the training never drew
-    # the network reached 0.69, short of the issue's 0.97 (see the module's docstring): it is far from chance
-    # and its accuracy on fresh formulas is the one its training measured on 5000 held-out ones
-    assert fresh > 0.6 and abs(fresh - record["test_accuracy"]) < 0.04
+    assert record["torch_threads"] == 1 and record["steps"] == 10_000 and record["seed"] == 0
+    assert record["test_accuracy"] >= 0.97 and record["train_seconds"] < 30 * 60
+    fresh = cv.task_accuracy(lm, task, n=5000, seed=2026)  # formulas of a stream the training never drew
+    # the network reached 0.9972 on its 5000 held-out formulas (the module's docstring): the issue asks >= 0.97
+    assert fresh >= 0.97 and abs(fresh - record["test_accuracy"]) < 0.01
 
 
 def errors(rep) -> dict:
@@ -120,21 +121,25 @@ def test_the_papers_interpretation_validated_on_the_shipped_network(shipped):
     reps = {order: cv.validate(lm, task, ts.two_sat_interpretation(lm, order=order, n_fit=2000), n=n, seed=0,
                                progress=False) for order in ts.ORDERS}
     ignored, required = errors(reps["ignored"]), errors(reps["required"])
-    assert list(reps["ignored"].table["site"].unique()) == ["L0@[c0, c1, c2, c3, c4, c5, c6, c7, c8, c9]",
-                                                            f"L{ts.EVALUATOR}@last", "L1@last"]
-    # the order only changes how step 1 compares clauses: every other count is the same, and requiring it
-    # can only add errors
+    assert list(reps["ignored"].table["site"].unique()) == ["L0@[end0, end1, end2, end3, end4, end5, end6, end7, end8, end9]",
+                                                            "L1.mlp_hidden@last", "L1@last"]
+    # the order only changes how step 1 compares clauses: every other count is the same
     assert {k: v for k, v in ignored.items() if k[0] > 1 or "replaceability" in k[1]} == \
         {k: v for k, v in required.items() if k[0] > 1 or "replaceability" in k[1]}
-    assert required[(1, "prefix_equivalence")] >= ignored[(1, "prefix_equivalence")]
-    # this network (0.69 accurate) does not parse as the paper's does: no formula has all ten clauses nearest
-    # their own embeddings at block 0, yet writing those embeddings back keeps most answers
+    # the paper's contrast: the parser holds with the clauses' literal order ignored (58 of 500 formulas
+    # misparsed, the clauses late in the formula) and fails with it required (464 of 500): the network's
+    # clause representation at the closing bracket hardly tells x∨y from y∨x
     info = reps["ignored"].meta["interpretation"]
-    assert ignored[(1, "prefix_equivalence")] == n and info["parser_fit_accuracy"]["ignored"] < 0.01
-    assert ignored[(1, "prefix_replaceability")] < 0.3 * n
-    # the evaluating neurons: a few, each well modelled by a disjunction of assignments, and writing their
-    # abstract states changes few answers
-    assert 1 <= len(info["units"]) <= 32 and min(info["disjunction_fit_accuracy"]) > 0.8
-    assert ignored[(2, "prefix_replaceability")] < 0.1 * n
+    assert ignored[(1, "prefix_equivalence")] < 0.15 * n and required[(1, "prefix_equivalence")] > 0.85 * n
+    assert info["parser_fit_accuracy"]["ignored"] > 0.85 and info["parser_fit_accuracy"]["required"] < 0.15
+    # writing the clause embeddings back keeps the answers (1 of 500 changed)
+    assert ignored[(1, "prefix_replaceability")] <= 0.01 * n
+    # the evaluating neurons: each well modelled by a disjunction of assignments, most by one assignment,
+    # together covering all 32; writing their abstract states changes few answers, and the OR of the
+    # neurons is the network's answer
+    assert 32 <= len(info["units"]) <= 128 and min(info["disjunction_fit_accuracy"]) > 0.95
+    assert {a for d in info["disjunctions"] for a in d} == set(range(32))
+    assert sum(len(d) == 1 for d in info["disjunctions"]) > len(info["units"]) / 2
+    assert ignored[(2, "prefix_replaceability")] <= 0.01 * n and ignored[(3, "prefix_equivalence")] <= 0.01 * n
     eps = {(r["step"], r["axiom"]): r["epsilon"] for r in reps["ignored"].rows}
     assert eps[(2, "prefix_replaceability")] == pytest.approx(cv.epsilon_bound(ignored[(2, "prefix_replaceability")], n))
