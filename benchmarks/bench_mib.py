@@ -9,7 +9,7 @@ convergence (early stopping; ``--epochs`` is the bound). Layers: the ``--top`` l
 the full vector localizes best, chosen by a scan of the candidate ``--layers`` (the full vector learns
 nothing, so the scan costs forwards only), or every candidate with ``--top 0``.
 
-Written per task to ``benchmarks/results/mib/<task>.json`` (``--out`` names another folder): the model's
+Written per task to ``benchmarks/results/mib_budget/<task>.json`` (``--out`` names another folder): the model's
 accuracy on the task, the layer scan, the filtering report of each set (kept / dropped), the score of
 every cell, the MIB score per variable and featurizer (mean over sets -> best position per layer ->
 mean and best over layers; lower is better for the logit-difference task's squared error), the sizes,
@@ -38,7 +38,7 @@ from causalvar.cli import parse_layers  # noqa: E402
 from causalvar.train import EPOCHS  # noqa: E402
 from featurizers import DAS, DBM, PCA, Neurons  # noqa: E402
 
-OUT = RESULTS / "mib"
+OUT = RESULTS / "mib_budget"  # results/mib/ holds the earlier toy-budget run
 
 #: task -> (variables, token positions): MIB's variables; its positions for MCQA, arithmetic and
 #: RAVEL, and for IOI the residual stream at the repeated subject and the last token
