@@ -5,8 +5,9 @@ activations and the logits MIB's filter judges) and a prepare pass (every row's 
 each cell's suffix runs start). Now one forward per base row does all three
 (``Engine.capture_prepared``; each split then takes its rows' states with ``Engine.take``). The sources
 are captured once either way. Both paths run here side by side on the same rows and sites (the
-minimum of ``--repeats`` timings each, alternating), and their outputs are checked equal: logits,
-activations and the prefix states each split is given.
+minimum of ``--repeats`` timings each, alternating, each on a new engine since an engine reuses the
+captures it made), and their outputs are checked equal: logits, activations and the prefix states
+each split is given.
 
     python benchmarks/bench_splits.py --threads 1          # 256 IOI pairs, every layer x io,s2,last
     python benchmarks/bench_splits.py --layers 0,15,29 --pairs 64
@@ -72,12 +73,12 @@ def main(argv=None) -> None:
     layers, positions = parse_layers(args.layers, lm.n_layers), parse_list(args.positions)
     sites = [Site(layer, pos) for layer in layers for pos in positions]
     idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(args.seed))  # a split: every row, shuffled
-    engine = Engine(lm, batch_size=args.batch_size)
     paths = {"two_passes": two_passes, "one_pass": one_pass}
     times = {k: [] for k in paths}
     outs = {}
     for _ in range(args.repeats):
         for name, fn in paths.items():
+            engine = Engine(lm, batch_size=args.batch_size)  # a new one each time: an engine reuses its captures
             t0 = time.perf_counter()
             outs[name] = fn(engine, bases, sources, sites, idx)
             times[name].append(time.perf_counter() - t0)
