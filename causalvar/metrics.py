@@ -3,6 +3,8 @@ outputs the engine hands them (``Outcome``), apart from any task; below them, th
 Clopper–Pearson intervals, Palumbo et al.'s ε bound, MIB aggregation."""
 from __future__ import annotations
 
+import numbers
+
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -302,6 +304,14 @@ def position_labels(positions):
     import pandas as pd
 
     return positions.map(lambda p: "None" if p is None or (not isinstance(p, str) and pd.isna(p)) else str(p))
+
+
+def layer_order(layers) -> list:
+    """A table's distinct ``layer`` values in drawing order: block indices ascending, then module names
+    in the order they first appear (sweeps of several variables may each have their own layers)."""
+    seen = list(dict.fromkeys(layers))
+    blocks = [x for x in seen if isinstance(x, numbers.Integral)]
+    return sorted(blocks) + [x for x in seen if not isinstance(x, numbers.Integral)]
 
 
 def mib_aggregate(table, score: str = "iia", lower_is_better: bool = False):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .metrics import position_labels
+from .metrics import layer_order, position_labels
 from .results import Results
 from .runstore import write_text
 
@@ -129,7 +129,7 @@ def _grids(table: pd.DataFrame, metric: str, kind: str) -> str:
     for key, sub in (table.groupby(groups, sort=False) if groups else [((), table)]):
         sub = sub.assign(**{across: position_labels(sub[across])})  # None -> "None" (pandas 3 keeps it missing)
         cols = list(dict.fromkeys(sub[across]))
-        layers = list(dict.fromkeys(sub["layer"]))
+        layers = layer_order(sub["layer"])
         mean = sub.groupby(["layer", across], sort=False).mean(numeric_only=True)
         values = mean[metric].dropna()
         lo, hi = (float(values.min()), float(values.max())) if len(values) else (0.0, 1.0)

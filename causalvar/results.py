@@ -82,7 +82,7 @@ class Results:
         is always good). Each cell shows its score and, beneath it in parentheses, its no-effect baseline
         when the rows carry one. Saved to ``path`` (PNG/PDF) when given; returns the matplotlib figure."""
         from .figures import grid_panel, pyplot, saved
-        from .metrics import position_labels
+        from .metrics import layer_order, position_labels
 
         t = self.table
         t = t.assign(position=position_labels(t["position"]))
@@ -94,7 +94,7 @@ class Results:
         limits = dict(vmin=0, vmax=1) if value == "iia" else dict(vmin=shown.min(), vmax=shown.max())
         feats = list(dict.fromkeys(t["featurizer"]))
         variables = list(dict.fromkeys(t["variable"]))
-        layers = list(dict.fromkeys(t["layer"]))
+        layers = layer_order(t["layer"])
         positions = list(dict.fromkeys(t["position"]))
         fig, axes = pyplot().subplots(len(feats), len(variables), squeeze=False,
                                       figsize=(1.2 + 1.1 * len(positions) * len(variables),

@@ -74,6 +74,18 @@ def test_heatmap_without_sequence_axis_carries_values(equality, tmp_path):
     assert res.mib_score()["n_layers"].item() == 3
 
 
+def test_a_heatmap_of_variables_swept_at_different_layers_draws_the_layers_in_order(equality, tmp_path):
+    """Each variable at its own layers (as bench_mib chooses them): the shared axis runs block 0 up,
+    module names after (it followed the order of first appearance: 2 drawn below 0)."""
+    task, mlp = equality
+    kw = dict(n_train=0, n_test=40, progress=False)
+    res = cv.localize(mlp, task, "left", Neurons(), layers=[2, 1], **kw)
+    res.rows += cv.localize(mlp, task, "right", Neurons(), layers=[0, 1], **kw).rows
+    ax = res.heatmap(tmp_path / "heat.png").axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["0", "1", "2"]
+    assert cv.metrics.layer_order([23, 27, "encoder.mlp", 17, 23]) == [17, 23, 27, "encoder.mlp"]
+
+
 @pytest.mark.slow
 def test_embedded_model_uses_every_fast_path(smollm):
     assert smollm.fast_paths == {"suffix": True, "reuse_kv": True}, smollm.why_not
