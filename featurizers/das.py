@@ -7,14 +7,15 @@ from dataclasses import replace
 
 import torch
 from torch import nn
-from torch.nn.utils.parametrizations import orthogonal
+from torch.nn.utils import parametrize
 
 from .base import Featurizer, FeaturizerError, Tags, check_count, check_temperature
 
 
 class DAS(Featurizer):
     """Features ``f = h R`` for an orthonormal ``R: [d, k]`` (``RᵀR = I``, kept so by construction through
-    ``torch.nn.utils.parametrizations.orthogonal``); ``err = h − f Rᵀ``. Every feature is intervened,
+    :class:`OrthogonalExp`, torch's ``orthogonal(..., orthogonal_map="matrix_exp")`` map computed in rank 2k);
+    ``err = h − f Rᵀ``. Every feature is intervened,
     so the interchange is ``h_b + R Rᵀ (h_s − h_b)``. Initialised from torch's global RNG.
 
     Args:
@@ -36,9 +37,10 @@ class DAS(Featurizer):
         k = self.dim or d
         if not 1 <= k <= d:
             raise FeaturizerError(f"{self.name}: the subspace size must be in [1, {d}] for hidden size {d}")
-        # weight [k, d] with orthonormal rows. matrix_exp, not the Householder map torch picks for k < d:
-        # that one truncates the diagonal of its raw parameter to ±1 with .int(), so weight decay zeroes R
-        self.rotate = orthogonal(nn.Linear(d, k, bias=False), orthogonal_map="matrix_exp")
+        # weight [k, d] with orthonormal rows. The matrix exponential, not the Householder map torch picks for
+        # k < d: that one truncates the diagonal of its raw parameter to ±1 with .int(), so weight decay zeroes R
+        self.rotate = nn.Linear(d, k, bias=False)
+        parametrize.register_parametrization(self.rotate, "weight", OrthogonalExp(), unsafe=True)
 
     @property
     def R(self) -> torch.Tensor:
@@ -66,6 +68,56 @@ class DAS(Featurizer):
         m = self.soft_mask() if self.training else None
         m = self.mask() if m is None else m
         return h_base + (delta if m is None else delta * m) @ R.T
+
+
+class OrthogonalExp(nn.Module):
+    """A parametrization of ``[k, d]`` matrices with orthonormal rows, ``k ≤ d``: the same function, the same
+    state (``original [k, d]``, buffer ``base [d, d]``) and the same initialisation as
+    ``torch.nn.utils.parametrizations.orthogonal(..., orthogonal_map="matrix_exp")``, ``Q = base · exp(A)[:, :k]``
+    transposed, with ``A = L Eᵀ − E Lᵀ`` skew, ``L = tril(originalᵀ) [d, k]``, ``E = I[:, :k]``.
+
+    ``A`` has rank ≤ 2k, so for ``2k < d`` the exponential is taken in rank 2k:
+    ``exp(U Wᵀ) E = E + U φ(Wᵀ U) Wᵀ E`` with ``U = [L, −E]``, ``W = [E, L]`` ``[d, 2k]``,
+    ``φ(M) = Σ Mʲ/(j+1)!`` read off ``exp([[M, I], [0, 0]])`` ``[4k, 4k]``. torch exponentiates the ``d × d``
+    matrix, and its backward a ``2d × 2d`` one: for DAS(k=32) on SmolLM2 (d = 576) that was most of a training
+    step on one CPU thread.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("base", None)
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:  # X: [k, d] -> [k, d]
+        k, d = X.shape
+        if k == d:  # a full rotation: torch's square case, untransposed
+            A = X.tril()
+            return self.base @ torch.matrix_exp(A - A.mT)
+        L = X.mT.tril()  # [d, k]
+        if 2 * k >= d:
+            Y = torch.cat([L, L.new_zeros(d, d - k)], 1)
+            Q = torch.matrix_exp(Y - Y.mT)[:, :k]
+        else:
+            E = torch.eye(d, k, dtype=L.dtype, device=L.device)
+            U, W = torch.cat([L, -E], 1), torch.cat([E, L], 1)  # [d, 2k]
+            M = W.mT @ U  # [2k, 2k]
+            block = torch.cat([torch.cat([M, torch.eye(2 * k, dtype=M.dtype, device=M.device)], 1),
+                               M.new_zeros(2 * k, 4 * k)], 0)
+            phi = torch.matrix_exp(block)[:2 * k, 2 * k:]  # φ(M)
+            Q = E + U @ (phi @ torch.cat([E[:k], L[:k].mT], 0))  # Wᵀ E = [I; L[:k]ᵀ]
+        return (self.base @ Q).mT
+
+    @torch.no_grad()
+    def right_inverse(self, Q: torch.Tensor) -> torch.Tensor:
+        """``Q: [k, d]``, any full-rank start (e.g. nn.Linear's): ``base`` is Q (its rows completed by Gaussian
+        columns when k < d) orthonormalised by QR with signs fixed; the parameter is ``−I``, so that the
+        exponential starts at the identity."""
+        k, d = Q.shape
+        if k > d:
+            raise FeaturizerError(f"OrthogonalExp: {k} orthonormal rows cannot exist in dimension {d}")
+        full = Q if k == d else torch.cat([Q.mT, torch.randn(d, d - k, dtype=Q.dtype, device=Q.device)], 1)
+        X, tau = torch.geqrf(full)
+        self.base = torch.linalg.householder_product(X, tau) * X.diagonal().sgn().unsqueeze(0)
+        return -torch.eye(k, d, dtype=Q.dtype, device=Q.device)
 
 
 class BoundlessDAS(DAS):

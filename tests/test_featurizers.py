@@ -149,6 +149,35 @@ def test_das_deterministic_from_global_rng():
     torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("d,k", [(96, 8), (96, 48), (96, 60), (12, 12)])  # rank 2k < d, 2k = d, 2k > d, square
+def test_das_rotation_is_torchs_matrix_exp_orthogonal_map(d, k):
+    """OrthogonalExp (the exponential in rank 2k when 2k < d) is the function, the initialisation and the
+    state of torch's ``orthogonal(..., orthogonal_map="matrix_exp")``, gradients included, against a
+    float64 reference of torch's map."""
+    from torch import nn
+    from torch.nn.utils.parametrizations import orthogonal
+
+    torch.manual_seed(3)
+    ref = orthogonal(nn.Linear(d, k, bias=False), orthogonal_map="matrix_exp")
+    torch.manual_seed(3)
+    das = DAS(dim=k).build(d) if k < d else BoundlessDAS().build(d)
+    ours = das.rotate
+    assert ours.state_dict().keys() == ref.state_dict().keys()
+    _close(ours.parametrizations.weight[0].base, ref.parametrizations.weight[0].base)  # same start, same RNG
+    ref = ref.double()
+    X, g = torch.randn(k, d) * 0.3, torch.randn(k, d)
+    with torch.no_grad():
+        ref.parametrizations.weight.original.copy_(X)
+        ours.parametrizations.weight.original.copy_(X)
+    for m in (ref, ours):
+        (m.weight * g.to(m.weight.dtype)).sum().backward()
+    torch.testing.assert_close(ours.weight.double(), ref.weight, atol=1e-5, rtol=0)
+    _close(ours.weight @ ours.weight.T, torch.eye(k))
+    grad_ref = ref.parametrizations.weight.original.grad
+    grad = ours.parametrizations.weight.original.grad.double()
+    assert (grad - grad_ref).abs().max() <= 1e-4 * grad_ref.abs().max()
+
+
 def test_boundless_das_masks_and_boundary():
     torch.manual_seed(0)
     bd = BoundlessDAS().build(D)
