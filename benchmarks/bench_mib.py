@@ -87,8 +87,9 @@ def scan_layers(lm, task, variable: str, layers: list[int], positions, args) -> 
     return sorted(int(layer) for layer in best), {int(k): round(float(v), 4) for k, v in per_layer.items()}
 
 
-def run_task(lm, name: str, args, out: Path) -> dict:
-    """Localize one task's variables with MIB's featurizers; returns the JSON payload."""
+def run_task(lm, name: str, args, out: Path, save) -> dict:
+    """Localize one task's variables with MIB's featurizers; ``save(payload)`` after each variable (so that a
+    stopped run keeps the variables it finished: ``variables`` lists them); returns the last payload."""
     t0 = time.perf_counter()
     task = cv.tasks.REGISTRY[name](lm)
     variables, positions = TASKS[name]
@@ -98,7 +99,7 @@ def run_task(lm, name: str, args, out: Path) -> dict:
     accuracy = task_accuracy(lm, task, n=args.n_accuracy, seed=args.seed)
     print(f"{name}: accuracy {accuracy:.3f} on {args.n_accuracy} prompts; {variables} x {positions}", flush=True)
     res = cv.Results(meta={"metric": task.metric.name, "lower_is_better": task.metric.lower_is_better, "data": {}})
-    featurizers, chosen, scans, trained, t_train = {}, {}, {}, 0, 0.0
+    featurizers, chosen, scans, trained, t_train, done = {}, {}, {}, 0, 0.0, []
     for v in variables:  # one sweep per variable: DAS takes the variable's own size, the layers are its own
         layers, scans[v] = scan_layers(lm, task, v, candidates, positions, args) if args.top else (candidates, {})
         chosen[v] = layers
@@ -114,6 +115,16 @@ def run_task(lm, name: str, args, out: Path) -> dict:
         res.rows += part.rows
         res.meta["data"].update(part.meta["data"])
         featurizers[v] = [f.name for f in feats]
+        done.append(v)
+        payload = _payload(name, res, args, out, accuracy, done, chosen, scans, positions, featurizers, task,
+                           time.perf_counter() - t0, t_train / max(trained, 1))
+        save(payload)
+    return payload
+
+
+def _payload(name, res, args, out, accuracy, variables, chosen, scans, positions, featurizers, task,
+             seconds, per_cell) -> dict:
+    """The task's JSON payload so far (and its heatmap and CSV table written)."""
     res.heatmap(out / f"{name}.png", title=f"{name} on SmolLM2-135M ({res.metric}, mean over sets)")
     res.table.to_csv(out / f"{name}.csv", index=False)
     scores = res.mib_score()
@@ -127,8 +138,7 @@ def run_task(lm, name: str, args, out: Path) -> dict:
             "logit_diff_fit": getattr(task, "fit", None), "filtering": res.meta["data"],
             "scores": scores.to_dict("records"),
             "control_scores": [] if controls is None else controls.to_dict("records"),
-            "cells": res.rows, "seconds": round(time.perf_counter() - t0, 1),
-            "seconds_per_trained_cell": round(t_train / max(trained, 1), 1)}
+            "cells": res.rows, "seconds": round(seconds, 1), "seconds_per_trained_cell": round(per_cell, 1)}
 
 
 def table(out: Path = OUT) -> str:
@@ -185,9 +195,10 @@ def main(argv=None) -> None:
     lm, t_load = load_lm(args)
     print(f"model loaded in {t_load:.1f}s; {torch.get_num_threads()} threads", flush=True)
     for name in names:
-        payload = run_task(lm, name, args, out)
-        path = write_json(name, {"args": vars(args), **payload}, str(out / f"{name}.json"), lm.device)
-        print(f"wrote {path} ({payload['seconds']:.0f} s)", flush=True)
+        def save(payload, name=name):
+            path = write_json(name, {"args": vars(args), **payload}, str(out / f"{name}.json"), lm.device)
+            print(f"wrote {path} ({', '.join(payload['variables'])}; {payload['seconds']:.0f} s)", flush=True)
+        run_task(lm, name, args, out, save)
     print(table(out))
 
 

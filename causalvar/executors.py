@@ -95,8 +95,8 @@ class RayExecutor:
             import torch
 
             worker = ray.remote(num_cpus=0 if self.gpus else 1, num_gpus=self.gpus)(_Worker)
-            ref = ray.put(engine)
             self._pool = None  # drop the old actors' handles first: Ray ends them and frees their slots
+            ref = ray.put(engine)
             self._pool = (engine, [worker.remote(ref, self.threads or torch.get_num_threads()) for _ in range(n)])
         return self._pool[1][:n]
 
