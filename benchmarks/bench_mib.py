@@ -99,7 +99,7 @@ def run_task(lm, name: str, args, out: Path, save) -> dict:
     accuracy = task_accuracy(lm, task, n=args.n_accuracy, seed=args.seed)
     print(f"{name}: accuracy {accuracy:.3f} on {args.n_accuracy} prompts; {variables} x {positions}", flush=True)
     res = cv.Results(meta={"metric": task.metric.name, "lower_is_better": task.metric.lower_is_better, "data": {}})
-    featurizers, chosen, scans, trained, t_train, done = {}, {}, {}, 0, 0.0, []
+    featurizers, chosen, scans, trained, t_train = {}, {}, {}, 0, 0.0
     for v in variables:  # one sweep per variable: DAS takes the variable's own size, the layers are its own
         layers, scans[v] = scan_layers(lm, task, v, candidates, positions, args) if args.top else (candidates, {})
         chosen[v] = layers
@@ -115,8 +115,7 @@ def run_task(lm, name: str, args, out: Path, save) -> dict:
         res.rows += part.rows
         res.meta["data"].update(part.meta["data"])
         featurizers[v] = [f.name for f in feats]
-        done.append(v)
-        payload = _payload(name, res, args, out, accuracy, done, chosen, scans, positions, featurizers, task,
+        payload = _payload(name, res, args, out, accuracy, list(featurizers), chosen, scans, positions, featurizers, task,
                            time.perf_counter() - t0, t_train / max(trained, 1))
         save(payload)
     return payload

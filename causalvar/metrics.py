@@ -4,7 +4,6 @@ Clopper–Pearson intervals, Palumbo et al.'s ε bound, MIB aggregation."""
 from __future__ import annotations
 
 import numbers
-
 from collections.abc import Sequence
 from dataclasses import dataclass
 

@@ -108,12 +108,10 @@ class OrthogonalExp(nn.Module):
 
     @torch.no_grad()
     def right_inverse(self, Q: torch.Tensor) -> torch.Tensor:
-        """``Q: [k, d]``, any full-rank start (e.g. nn.Linear's): ``base`` is Q (its rows completed by Gaussian
+        """``Q: [k, d]`` (k ≤ d), any full-rank start (e.g. nn.Linear's): ``base`` is Q (its rows completed by Gaussian
         columns when k < d) orthonormalised by QR with signs fixed; the parameter is ``−I``, so that the
         exponential starts at the identity."""
-        k, d = Q.shape
-        if k > d:
-            raise FeaturizerError(f"OrthogonalExp: {k} orthonormal rows cannot exist in dimension {d}")
+        k, d = Q.shape  # k <= d: DAS checks the size before building
         full = Q if k == d else torch.cat([Q.mT, torch.randn(d, d - k, dtype=Q.dtype, device=Q.device)], 1)
         X, tau = torch.geqrf(full)
         self.base = torch.linalg.householder_product(X, tau) * X.diagonal().sgn().unsqueeze(0)
