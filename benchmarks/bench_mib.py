@@ -76,11 +76,12 @@ def parser():
     return p
 
 
-def scan_layers(lm, task, variable: str, layers: list[int], positions, args) -> tuple[list[int], dict]:
+def scan_layers(lm, task, variable: str, layers: list[int], positions, args, out: Path) -> tuple[list[int], dict]:
     """The ``args.top`` layers of ``layers`` where the full vector scores best on ``variable`` (mean over
-    the sets, best position), in layer order, and every candidate's score."""
+    the sets, best position), in layer order, and every candidate's score; its cells kept in the run folder
+    ``out`` (a rerun reads them back)."""
     scan = cv.localize(lm, task, variable, Neurons(), layers=layers, positions=positions, n_train=0,
-                       n_test=args.n_test, seed=args.seed, batch_size=args.batch_size, progress=False)
+                       n_test=args.n_test, seed=args.seed, batch_size=args.batch_size, out=out, progress=False)
     per_layer = (scan.table.groupby(["layer", "position"])[scan.metric].mean()
                  .groupby("layer").agg("min" if scan.lower_is_better else "max"))
     best = per_layer.sort_values(ascending=scan.lower_is_better).index[:args.top]
@@ -100,8 +101,28 @@ def run_task(lm, name: str, args, out: Path, save) -> dict:
     print(f"{name}: accuracy {accuracy:.3f} on {args.n_accuracy} prompts; {variables} x {positions}", flush=True)
     res = cv.Results(meta={"metric": task.metric.name, "lower_is_better": task.metric.lower_is_better, "data": {}})
     featurizers, chosen, scans, trained, t_train = {}, {}, {}, 0, 0.0
+
+    def payload() -> dict:
+        """The task's JSON payload so far (its heatmap and CSV table written beside it)."""
+        res.heatmap(out / f"{name}.png", title=f"{name} on SmolLM2-135M ({res.metric}, mean over sets)")
+        res.table.to_csv(out / f"{name}.csv", index=False)
+        scores = res.mib_score()
+        t = res.table
+        controls = (cv.metrics.mib_aggregate(t[t["control_mean"].notna()], "control_mean", res.lower_is_better)
+                    if args.controls else None)  # the same aggregation of the controls' mean, where there are any
+        print(scores.to_string(index=False), flush=True)
+        return {"task": name, "metric": res.metric, "lower_is_better": res.lower_is_better,
+                "accuracy": accuracy, "n_accuracy": args.n_accuracy, "variables": list(featurizers),
+                "layers": chosen, "layer_scan": scans, "positions": positions, "featurizers": featurizers,
+                "logit_diff_fit": getattr(task, "fit", None), "filtering": res.meta["data"],
+                "scores": scores.to_dict("records"),
+                "control_scores": [] if controls is None else controls.to_dict("records"),
+                "cells": res.rows, "seconds": round(time.perf_counter() - t0, 1),
+                "seconds_per_trained_cell": round(t_train / max(trained, 1), 1)}
+
     for v in variables:  # one sweep per variable: DAS takes the variable's own size, the layers are its own
-        layers, scans[v] = scan_layers(lm, task, v, candidates, positions, args) if args.top else (candidates, {})
+        layers, scans[v] = (scan_layers(lm, task, v, candidates, positions, args, out / "runs" / name / "scan" / v)
+                            if args.top else (candidates, {}))
         chosen[v] = layers
         print(f"  {v}: layers {layers}" + (f" (full-vector scan of {len(candidates)})" if args.top else ""), flush=True)
         feats = [Neurons(), DAS(dim=args.dim or DAS_DIM[v](lm.d_model)), DBM(Neurons()), DBM(PCA())]
@@ -115,29 +136,9 @@ def run_task(lm, name: str, args, out: Path, save) -> dict:
         res.rows += part.rows
         res.meta["data"].update(part.meta["data"])
         featurizers[v] = [f.name for f in feats]
-        payload = _payload(name, res, args, out, accuracy, list(featurizers), chosen, scans, positions, featurizers, task,
-                           time.perf_counter() - t0, t_train / max(trained, 1))
-        save(payload)
-    return payload
-
-
-def _payload(name, res, args, out, accuracy, variables, chosen, scans, positions, featurizers, task,
-             seconds, per_cell) -> dict:
-    """The task's JSON payload so far (and its heatmap and CSV table written)."""
-    res.heatmap(out / f"{name}.png", title=f"{name} on SmolLM2-135M ({res.metric}, mean over sets)")
-    res.table.to_csv(out / f"{name}.csv", index=False)
-    scores = res.mib_score()
-    t = res.table
-    controls = (cv.metrics.mib_aggregate(t[t["control_mean"].notna()], "control_mean", res.lower_is_better)
-                if args.controls else None)  # the same aggregation of the controls' mean, where there are any
-    print(scores.to_string(index=False), flush=True)
-    return {"task": name, "metric": res.metric, "lower_is_better": res.lower_is_better,
-            "accuracy": accuracy, "n_accuracy": args.n_accuracy, "variables": variables, "layers": chosen,
-            "layer_scan": scans, "positions": positions, "featurizers": featurizers,
-            "logit_diff_fit": getattr(task, "fit", None), "filtering": res.meta["data"],
-            "scores": scores.to_dict("records"),
-            "control_scores": [] if controls is None else controls.to_dict("records"),
-            "cells": res.rows, "seconds": round(seconds, 1), "seconds_per_trained_cell": round(per_cell, 1)}
+        last = payload()
+        save(last)
+    return last
 
 
 def table(out: Path = OUT) -> str:

@@ -29,14 +29,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 Count = Annotated[int, Field(ge=1)]
 
 
-class _Analysis(BaseModel):
+class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    task: str
-    model: str = "smollm2-135m"
     out: str
     seed: int = 0
-    batch_size: Count = 64
 
     def cli(self) -> argparse.Namespace:
         """The command-line namespace of the same analysis (lists joined by commas)."""
@@ -45,6 +42,12 @@ class _Analysis(BaseModel):
             if joined.get(k) is not None:
                 joined[k] = str(joined[k])
         return argparse.Namespace(**joined)
+
+
+class _Analysis(_Spec):
+    task: str
+    model: str = "smollm2-135m"
+    batch_size: Count = 64
 
 
 class _Sweep(_Analysis):
@@ -95,21 +98,14 @@ class Dictionaries(_Analysis):
     edit_k: list[int] | str = "2,4,6"
 
 
-class Validate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class Validate(_Spec):
     analysis: Literal["validate"]
     task: Literal["two_sat"] = "two_sat"
-    out: str
     order: Literal["ignored", "required"] = "ignored"
     delta: Annotated[int, Field(ge=0)] = 0
     n: Count = 10_000
     n_fit: Count = 4000
     confidence: Annotated[float, Field(gt=0, lt=1)] = 0.95
-    seed: int = 0
-
-    def cli(self) -> argparse.Namespace:
-        return argparse.Namespace(**self.model_dump())
 
 
 ANALYSES = {"localize": Localize, "patch": Patch, "dictionaries": Dictionaries, "validate": Validate}
@@ -120,7 +116,7 @@ class ExperimentError(ValueError):
     """An experiment file that cannot be run, said with the key's path in the file."""
 
 
-def load(path: str | Path) -> _Analysis | Validate:
+def load(path: str | Path) -> _Spec:
     """Read and validate an experiment file (no model is loaded)."""
     import yaml
     from pydantic import TypeAdapter
@@ -160,7 +156,7 @@ def _explain(err: dict, schema: type[BaseModel]) -> str:
     return f"key '{key}': {err['msg']} (got {err.get('input')!r})"
 
 
-def prepare(path: str | Path) -> _Analysis | Validate:
+def prepare(path: str | Path) -> _Spec:
     """Validate the file (before any model loads) and copy it into its run folder; returns the analysis,
     whose ``cli()`` is the namespace its command runs on."""
     spec = load(path)
