@@ -13,7 +13,9 @@ Written per task to ``benchmarks/results/mib_budget/<task>.json`` (``--out`` nam
 accuracy on the task, the layer scan, the filtering report of each set (kept / dropped), the score of
 every cell, the MIB score per variable and featurizer (mean over sets -> best position per layer ->
 mean and best over layers; lower is better for the logit-difference task's squared error), the sizes,
-the timing and the seconds per trained cell; plus ``<task>.png`` (heatmaps) and ``<task>.csv`` (the
+the timing and the seconds per cell trained in this run (cells a resumed run reads back from
+``runs/<task>/`` are not counted); a run of some variables (``--variables``) keeps the other variables
+that an earlier run with the same settings left in the JSON. Plus ``<task>.png`` (heatmaps) and ``<task>.csv`` (the
 table). ``--table`` prints the Markdown score table of every task's JSON.
 
     python benchmarks/bench_mib.py                      # every task, MIB's budget (256 training pairs per set)
@@ -35,6 +37,7 @@ from common import RESULTS, base_parser, load_lm, parse_list, setup_threads, wri
 import causalvar as cv  # noqa: E402
 from causalvar import task_accuracy  # noqa: E402
 from causalvar.cli import parse_layers  # noqa: E402
+from causalvar.runstore import cell_key  # noqa: E402
 from causalvar.train import EPOCHS  # noqa: E402
 from featurizers import DAS, DBM, PCA, Neurons  # noqa: E402
 
@@ -88,6 +91,41 @@ def scan_layers(lm, task, variable: str, layers: list[int], positions, args, out
     return sorted(int(layer) for layer in best), {int(k): round(float(v), 4) for k, v in per_layer.items()}
 
 
+def stored_cells(folder: Path) -> set[tuple]:
+    """The (variable, featurizer, layer, position) cells whose rows a run folder holds."""
+    path = folder / "cells.jsonl"
+    if not path.exists():
+        return set()
+    cells = set()
+    for line in path.read_text().splitlines():
+        try:
+            cells.add(cell_key(json.loads(line))[:4])
+        except ValueError:  # a record cut by a kill: the run store repairs it, the cell is not done
+            pass
+    return cells
+
+
+def earlier(path: Path, args, variables: list[str]) -> dict:
+    """{variable: (rows, filtering reports, featurizer names, layers, layer scan)} of the variables that
+    the task's JSON at ``path`` holds from an earlier run with the same settings and that this run
+    (``--variables``) does not redo, so that running one variable keeps the others' results."""
+    if not path.exists():
+        return {}
+    doc = json.loads(path.read_text())
+    others = [v for v in doc["variables"] if v not in variables]
+    free = {"tasks", "variables", "threads", "table", "out"}  # what may differ between the runs of one table
+    # (``out`` as given: the JSON is read from it)
+    differ = sorted(k for k in set(doc["args"]) | set(vars(args)) if k not in free
+                    and doc["args"].get(k) != vars(args).get(k))
+    if others and differ:
+        print(f"{path.name} holds {others} from a run with other settings ({', '.join(differ)}); "
+              "they are replaced by this run's variables", flush=True)
+        return {}
+    return {v: ([r for r in doc["cells"] if r["variable"] == v],
+                {k: r for k, r in doc["filtering"].items() if k.split("/")[0] == v},
+                doc["featurizers"][v], doc["layers"][v], doc["layer_scan"][v]) for v in others}
+
+
 def run_task(lm, name: str, args, out: Path, save) -> dict:
     """Localize one task's variables with MIB's featurizers; ``save(payload)`` after each variable (so that a
     stopped run keeps the variables it finished: ``variables`` lists them); returns the last payload."""
@@ -101,6 +139,11 @@ def run_task(lm, name: str, args, out: Path, save) -> dict:
     print(f"{name}: accuracy {accuracy:.3f} on {args.n_accuracy} prompts; {variables} x {positions}", flush=True)
     res = cv.Results(meta={"metric": task.metric.name, "lower_is_better": task.metric.lower_is_better, "data": {}})
     featurizers, chosen, scans, trained, t_train = {}, {}, {}, 0, 0.0
+    kept = earlier(out / f"{name}.json", args, variables)
+    for v, (rows, filtering, feats, layers, scan) in kept.items():  # an earlier run's other variables stay
+        res.rows += rows
+        res.meta["data"].update(filtering)
+        featurizers[v], chosen[v], scans[v] = feats, layers, scan
 
     def payload() -> dict:
         """The task's JSON payload so far (its heatmap and CSV table written beside it)."""
@@ -117,8 +160,8 @@ def run_task(lm, name: str, args, out: Path, save) -> dict:
                 "logit_diff_fit": getattr(task, "fit", None), "filtering": res.meta["data"],
                 "scores": scores.to_dict("records"),
                 "control_scores": [] if controls is None else controls.to_dict("records"),
-                "cells": res.rows, "seconds": round(time.perf_counter() - t0, 1),
-                "seconds_per_trained_cell": round(t_train / max(trained, 1), 1)}
+                "cells": res.rows, "seconds": round(time.perf_counter() - t0, 1), "trained_cells_run": trained,
+                "seconds_per_trained_cell": round(t_train / trained, 1) if trained else None}
 
     for v in variables:  # one sweep per variable: DAS takes the variable's own size, the layers are its own
         layers, scans[v] = (scan_layers(lm, task, v, candidates, positions, args, out / "runs" / name / "scan" / v)
@@ -126,13 +169,15 @@ def run_task(lm, name: str, args, out: Path, save) -> dict:
         chosen[v] = layers
         print(f"  {v}: layers {layers}" + (f" (full-vector scan of {len(candidates)})" if args.top else ""), flush=True)
         feats = [Neurons(), DAS(dim=args.dim or DAS_DIM[v](lm.d_model)), DBM(Neurons()), DBM(PCA())]
-        t1 = time.perf_counter()
+        t1, before = time.perf_counter(), stored_cells(out / "runs" / name / v)
         part = cv.localize(lm, task, v, feats, layers=layers, positions=positions, n_train=args.n_train,
                            n_test=args.n_test, epochs=args.epochs, lr=args.lr, seed=args.seed,
                            batch_size=args.batch_size, train_batch_size=args.batch_size, controls=args.controls,
                            out=out / "runs" / name / v, progress=False)
         t_train += time.perf_counter() - t1
-        trained += 3 * len(layers) * len(positions)  # DAS and the two DBMs train; the full vector does not
+        trained += sum(1 for c in stored_cells(out / "runs" / name / v) - before if c[1] != feats[0].name)
+        # the cells trained in this invocation (DAS and the two DBMs; the full vector trains nothing),
+        # not those a resumed run read back
         res.rows += part.rows
         res.meta["data"].update(part.meta["data"])
         featurizers[v] = [f.name for f in feats]
