@@ -41,7 +41,7 @@ from causalvar.runstore import cell_key  # noqa: E402
 from causalvar.train import EPOCHS  # noqa: E402
 from featurizers import DAS, DBM, PCA, Neurons  # noqa: E402
 
-OUT = RESULTS / "mib_budget"  # results/mib/ holds the earlier toy-budget run
+OUT = RESULTS / "mib_budget"
 
 #: task -> (variables, token positions): MIB's variables; its positions for MCQA, arithmetic and
 #: RAVEL, and for IOI the residual stream at the repeated subject and the last token
