@@ -15,8 +15,8 @@ every cell, the MIB score per variable and featurizer (mean over sets -> best po
 mean and best over layers; lower is better for the logit-difference task's squared error), the sizes,
 the timing and the seconds per cell trained in this run (cells a resumed run reads back from
 ``runs/<task>/`` are not counted); a run of some variables (``--variables``) keeps the other variables
-that an earlier run with the same settings left in the JSON. Plus ``<task>.png`` (heatmaps) and ``<task>.csv`` (the
-table). ``--table`` prints the Markdown score table of every task's JSON.
+that an earlier run with the same settings left in the JSON. Plus ``<task>.png`` (heatmaps) and
+``<task>.csv`` (the table). ``--table`` prints the Markdown score table of every task's JSON.
 
     python benchmarks/bench_mib.py                      # every task, MIB's budget (256 training pairs per set)
     python benchmarks/bench_mib.py --tasks ioi --variables output_token --top 4
