@@ -9,14 +9,15 @@ convergence (early stopping; ``--epochs`` is the bound). Layers: the ``--top`` l
 the full vector localizes best, chosen by a scan of the candidate ``--layers`` (the full vector learns
 nothing, so the scan costs forwards only), or every candidate with ``--top 0``.
 
-Written per task to ``benchmarks/results/mib_budget/<task>.json`` (``--out`` names another folder): the model's
-accuracy on the task, the layer scan, the filtering report of each set (kept / dropped), the score of
-every cell, the MIB score per variable and featurizer (mean over sets -> best position per layer ->
-mean and best over layers; lower is better for the logit-difference task's squared error), the sizes,
-the timing and the seconds per cell trained in this run (cells a resumed run reads back from
-``runs/<task>/`` are not counted); a run of some variables (``--variables``) keeps the other variables
-that an earlier run with the same settings left in the JSON. Plus ``<task>.png`` (heatmaps) and
-``<task>.csv`` (the table). ``--table`` prints the Markdown score table of every task's JSON.
+Written per task to ``benchmarks/results/mib_budget/<task>.json`` (``--out`` names another folder): the
+model's accuracy on the task (and the logit-difference task's fitted (bias, token, position)
+coefficients), the layer scan, the filtering report of each set (kept / dropped), the score of every
+cell, the MIB score per variable and featurizer (mean over sets -> best position per layer -> mean and
+best over layers; lower is better for the logit-difference task's squared error), the sizes, the timing
+and the seconds per cell trained in this run (cells a resumed run reads back from ``runs/<task>/`` are
+not counted); a run of some variables (``--variables``) keeps the other variables that an earlier run
+with the same settings left in the JSON. Plus ``<task>.png`` (heatmaps) and ``<task>.csv`` (the
+table). ``--table`` prints the Markdown score table of every task's JSON.
 
     python benchmarks/bench_mib.py                      # every task, MIB's budget (256 training pairs per set)
     python benchmarks/bench_mib.py --tasks ioi --variables output_token --top 4
@@ -157,7 +158,7 @@ def run_task(lm, name: str, args, out: Path, save) -> dict:
         return {"task": name, "metric": res.metric, "lower_is_better": res.lower_is_better,
                 "accuracy": accuracy, "n_accuracy": args.n_accuracy, "variables": list(featurizers),
                 "layers": chosen, "layer_scan": scans, "positions": positions, "featurizers": featurizers,
-                "logit_diff_fit": getattr(task, "fit", None), "filtering": res.meta["data"],
+                "logit_diff_coefficients": getattr(task, "coefficients", None), "filtering": res.meta["data"],
                 "scores": scores.to_dict("records"),
                 "control_scores": [] if controls is None else controls.to_dict("records"),
                 "cells": res.rows, "seconds": round(time.perf_counter() - t0, 1), "trained_cells_run": trained,
