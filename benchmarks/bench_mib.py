@@ -198,7 +198,7 @@ def table(out: Path = OUT) -> str:
             continue
         doc = json.loads(path.read_text())
         by = {(s["variable"], s["featurizer"]): s for s in doc["scores"]}
-        control = {(s["variable"], s["featurizer"]): s for s in doc.get("control_scores", [])}
+        control = {(s["variable"], s["featurizer"]): s for s in doc["control_scores"]}
         for v in doc["variables"]:
             kept = drawn = 0
             for key, report in doc["filtering"].items():
@@ -209,11 +209,10 @@ def table(out: Path = OUT) -> str:
             names = doc["featurizers"][v]
             fmt = lambda s: "–" if s is None else f"{s['mean']:.2f} ({s['best']:.2f})"
             k = names[1].split("=")[1].rstrip(")")
-            layers = doc["layers"][v] if isinstance(doc["layers"], dict) else doc["layers"]
             scores = [fmt(by.get((v, names[0]))), f"k={k}: {fmt(by.get((v, names[1])))}",
                       fmt(control.get((v, names[1]))), *(fmt(by.get((v, f))) for f in names[2:])]
             lines.append(f"| {name} | {v} | {doc['metric']}{' ↓' if doc['lower_is_better'] else ''} | "
-                         f"{doc['accuracy']:.2f} | {kept} / {drawn} | {','.join(map(str, layers))} | "
+                         f"{doc['accuracy']:.2f} | {kept} / {drawn} | {','.join(map(str, doc['layers'][v]))} | "
                          + " | ".join(scores) + " |")
     return "\n".join(lines)
 
